@@ -1,0 +1,52 @@
+# The two commands of the README: `make run` and `make test`. Both start from a fresh clone.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install lint typecheck docs bench browser-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[test,redis,nh3,zxcvbn,async,docs]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the example API on http://127.0.0.1:5000 (in-memory counters, SQLite key store).
+run: $(STAMP)
+	APIGUARD_FORCE_HTTPS=false $(BIN)/flask --app example_app run --host 127.0.0.1 --port 5000
+
+## Run the whole suite: lint, types, tests (Redis and browser tests are required when CI=true).
+test: $(STAMP) browser-deps
+	$(BIN)/ruff check flask_apiguard tests example_app benchmarks
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+	$(MAKE) docs
+
+lint: $(STAMP)
+	$(BIN)/ruff check flask_apiguard tests example_app benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+docs: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
+
+## Debian's Chromium and ChromeDriver for the browser test; installed in CI, optional locally.
+browser-deps:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$CI" = "true" ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium and chromium-driver (CI)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+		|| (echo "could not install chromium; the browser test will fail under CI=true" >&2; exit 1); \
+	else echo "note: no /usr/bin/chromium; the browser test will be skipped (apt-get install chromium chromium-driver)"; fi
+
+clean:
+	rm -rf $(VENV) docs/_build .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,40 @@
+"""flask-apiguard: harden a Flask REST API in one line, ``ApiGuard(app)``."""
+
+from __future__ import annotations
+
+from . import fields, signals
+from .errors import ApiGuardConfigError, ApiGuardError
+from .extension import ApiGuard
+from .identity import Identity, current_identity
+from .layers.apikeys import ApiKey
+from .policy import (
+    public,
+    rate_limit,
+    rate_limit_exempt,
+    require_api_key,
+    require_jwt,
+    roles,
+    scopes,
+    validate,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ApiGuard",
+    "ApiGuardConfigError",
+    "ApiGuardError",
+    "ApiKey",
+    "Identity",
+    "current_identity",
+    "fields",
+    "public",
+    "rate_limit",
+    "rate_limit_exempt",
+    "require_api_key",
+    "require_jwt",
+    "roles",
+    "scopes",
+    "signals",
+    "validate",
+]

@@ -1,0 +1,222 @@
+"""``flask apiguard check``: audit the live configuration, and warn once at start-up.
+
+Each finding names the key, how serious it is (``high``, ``medium``, ``low``) and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .extension import GuardState
+
+SEVERITIES = ("high", "medium", "low")
+_WEAK_SECRETS = ("secret", "changeme", "password", "example", "default", "test", "12345")
+#: Environment variables that say the app runs behind a TLS-terminating proxy.
+_PROXY_PLATFORMS = {
+    "DYNO": "Heroku",
+    "K_SERVICE": "Cloud Run",
+    "FLY_APP_NAME": "Fly.io",
+    "RENDER": "Render",
+    "RAILWAY_ENVIRONMENT": "Railway",
+    "WEBSITE_SITE_NAME": "Azure App Service",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    id: str
+    severity: str
+    key: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def _several_workers() -> bool:
+    """True when this process is likely one of several serving the app."""
+    server = os.environ.get("SERVER_SOFTWARE", "").lower()
+    concurrency = os.environ.get("WEB_CONCURRENCY", "1")
+    return (
+        "gunicorn" in server or "gunicorn" in sys.modules or "uwsgi" in sys.modules
+        or (concurrency.isdigit() and int(concurrency) > 1)
+    )
+
+
+def _hmac_secrets(state: GuardState) -> list[tuple[str, bytes]]:
+    """Every HMAC secret the app verifies with, named by the key that configures it."""
+    jwt = state.jwt
+    found: list[tuple[str, bytes]] = []
+    if jwt.default_key is not None and isinstance(jwt.default_key.verify, bytes):
+        found.append(("APIGUARD_JWT_SECRET", jwt.default_key.verify))
+    for kid, key in jwt.keys.items():
+        if isinstance(key.verify, bytes):
+            found.append((f"APIGUARD_JWT_KEYS[{kid!r}]", key.verify))
+    return found
+
+
+def _secret_findings(app: Flask, state: GuardState) -> list[Finding]:
+    found: list[Finding] = []
+    app_secret = app.config.get("SECRET_KEY")
+    if isinstance(app_secret, str):
+        app_secret = app_secret.encode()
+    for key, secret in _hmac_secrets(state):
+        if app_secret and app_secret == secret:
+            found.append(Finding(
+                "jwt-secret-reused", "high", key,
+                "The JWT secret is the app's SECRET_KEY: a leak of one forges the other. Generate "
+                "a separate secret: python -c \"import secrets; print(secrets.token_urlsafe(48))\".",
+            ))
+        text = secret.decode("utf-8", "replace").lower()
+        if len(set(secret)) < 12 or any(word in text for word in _WEAK_SECRETS):
+            found.append(Finding(
+                "jwt-secret-guessable", "high", key,
+                "The JWT secret looks guessable (few distinct characters or a common word). Use "
+                "48 random bytes: python -c \"import secrets; print(secrets.token_urlsafe(48))\".",
+            ))
+        elif len(secret) < 48:
+            found.append(Finding(
+                "jwt-secret-short", "low", key,
+                f"The JWT secret is {len(secret)} bytes; 48 or more random bytes leave more margin.",
+            ))
+    return found
+
+
+def _cors_findings(origins: tuple[str, ...]) -> list[Finding]:
+    found: list[Finding] = []
+    for origin in origins:
+        if origin == "*":
+            found.append(Finding(
+                "cors-wildcard", "medium", "APIGUARD_CORS_ORIGINS",
+                "'*' lets every website read your API's responses from a visitor's browser. "
+                "List the origins of your own front ends instead.",
+            ))
+        elif origin.startswith("re:"):
+            pattern = origin[3:]
+            if re.search(r"(?<!\\)\.(?![*+?])", pattern):
+                found.append(Finding(
+                    "cors-unescaped-dot", "medium", "APIGUARD_CORS_ORIGINS",
+                    f"In {origin!r} an unescaped '.' matches any character "
+                    "('https://appXexample.com' passes). Escape dots as '\\.'.",
+                ))
+            if pattern.startswith((".*", ".+")) or "://.*" in pattern or "://.+" in pattern:
+                found.append(Finding(
+                    "cors-pattern-too-wide", "medium", "APIGUARD_CORS_ORIGINS",
+                    f"{origin!r} admits any host name. Anchor it to your domain, e.g. "
+                    "'re:https://[a-z0-9-]+\\.example\\.com'.",
+                ))
+    return found
+
+
+def findings(app: Flask, state: GuardState) -> list[Finding]:
+    """Every finding for ``app``'s live configuration, most serious first."""
+    config = state.config
+    found: list[Finding] = []
+    add = found.append
+    several = _several_workers()
+    if app.debug:
+        add(Finding("debug-on", "high", "DEBUG",
+                    "Debug mode is on: the Werkzeug debugger runs code for anyone who reaches it. "
+                    "Never run with --debug or FLASK_DEBUG=1 in production."))
+    if not config.force_https:
+        add(Finding("https-off", "high", "APIGUARD_FORCE_HTTPS",
+                    "Plain HTTP is accepted: tokens and keys cross the network in clear text. "
+                    "Set APIGUARD_FORCE_HTTPS = True (terminate TLS at your proxy and set "
+                    "APIGUARD_TRUSTED_PROXIES)."))
+    if not config.default_deny:
+        add(Finding("default-deny-off", "high", "APIGUARD_DEFAULT_DENY",
+                    "Views without a decorator are open to anyone. Set APIGUARD_DEFAULT_DENY = True "
+                    "and mark open views with @public."))
+    found.extend(_secret_findings(app, state))
+    if config.jwt_revocation and state.shared.is_memory:
+        add(Finding("revocation-in-memory", "high" if several else "medium", "APIGUARD_STORAGE_URI",
+                    "Revoked tokens are kept in this process's memory: other workers still accept "
+                    "them and a restart forgets them. Use APIGUARD_STORAGE_URI = 'redis://…'."))
+    elif state.shared.is_memory and several:
+        add(Finding("memory-storage-several-workers", "medium", "APIGUARD_STORAGE_URI",
+                    "Rate-limit and auth-failure counters are per process, so N workers allow N "
+                    "times the limit. Use APIGUARD_STORAGE_URI = 'redis://…'."))
+    found.extend(_cors_findings(config.cors_origins))
+    if config.hsts is None:
+        add(Finding("hsts-off", "medium", "APIGUARD_HSTS",
+                    "Without Strict-Transport-Security a browser can be downgraded to HTTP. "
+                    "Remove the None to use the default."))
+    if config.trusted_proxies == 0:
+        platform = next((name for var, name in _PROXY_PLATFORMS.items() if var in os.environ), None)
+        if platform or state.saw_forwarded:
+            why = f"This runs on {platform}, behind its proxy" if platform else \
+                "Requests arrive with X-Forwarded-For"
+            add(Finding("proxies-untrusted", "medium", "APIGUARD_TRUSTED_PROXIES",
+                        f"{why}, but APIGUARD_TRUSTED_PROXIES is 0: every client shares the "
+                        "proxy's address in rate limits and logs, and HTTPS is not detected. "
+                        "Set it to the number of proxies in front of the app (usually 1)."))
+    if config.ratelimit_default is None:
+        add(Finding("no-default-limit", "medium", "APIGUARD_RATELIMIT_DEFAULT",
+                    "Views without @rate_limit are unlimited. Set a default such as "
+                    "'100 per 15 minutes'."))
+    if config.auth_failure_limit is None:
+        add(Finding("no-auth-failure-limit", "medium", "APIGUARD_AUTH_FAILURE_LIMIT",
+                    "Credential guessing is not throttled. Set e.g. '20 per 15 minutes'."))
+    if config.max_content_length is None:
+        add(Finding("no-body-limit", "medium", "APIGUARD_MAX_CONTENT_LENGTH",
+                    "Request bodies are unbounded. Set a limit in bytes."))
+    if config.csp is None:
+        add(Finding("csp-off", "medium", "APIGUARD_CSP",
+                    "No Content-Security-Policy: a response rendered by a browser may run scripts."))
+    if {"TRACE", "CONNECT"} & config.allowed_methods:
+        add(Finding("trace-allowed", "medium", "APIGUARD_ALLOWED_METHODS",
+                    "TRACE/CONNECT are allowed; remove them (cross-site tracing, proxy abuse)."))
+    if config.jwt_leeway > 300:
+        add(Finding("large-leeway", "medium", "APIGUARD_JWT_LEEWAY",
+                    f"A leeway of {config.jwt_leeway:g} s keeps expired tokens alive; 30 s is plenty."))
+    if config.jwt_expires_in > 86400 and not config.jwt_revocation:
+        add(Finding("long-tokens", "medium", "APIGUARD_JWT_EXPIRES_IN",
+                    "Tokens live longer than a day and cannot be revoked. Shorten them, or turn "
+                    "on APIGUARD_JWT_REVOCATION."))
+    if config.api_key_store == "memory://":
+        add(Finding("api-keys-in-memory", "medium", "APIGUARD_API_KEY_STORE",
+                    "API keys are kept in memory and lost on restart. Use the SQLite default "
+                    "or redis://."))
+    if config.trusted_hosts is None:
+        add(Finding("hosts-unchecked", "low", "APIGUARD_TRUSTED_HOSTS",
+                    "Any Host header is accepted (cache poisoning, poisoned redirects). List your "
+                    "host names."))
+    if config.trust_request_id:
+        add(Finding("request-id-trusted", "low", "APIGUARD_TRUST_REQUEST_ID",
+                    "Clients choose their request ids; only trust them behind your own proxy."))
+    for key, on, what in (
+        ("APIGUARD_JSON_ONLY", config.json_only, "non-JSON bodies reach your views"),
+        ("APIGUARD_REJECT_OPERATOR_KEYS", config.reject_operator_keys,
+         "'$' keys (NoSQL operators) reach your views"),
+        ("APIGUARD_SECURITY_LOG", config.security_log, "security events are not logged"),
+    ):
+        if not on:
+            add(Finding(key.lower().replace("apiguard_", "").replace("_", "-") + "-off", "low",
+                        key, f"It is off: {what}."))
+    if config.duplicate_params == "allow":
+        add(Finding("duplicate-params-allowed", "low", "APIGUARD_DUPLICATE_PARAMS",
+                    "Repeated query parameters reach your views (HTTP parameter pollution)."))
+    if config.cache_control is None:
+        add(Finding("cache-control-off", "low", "APIGUARD_CACHE_CONTROL",
+                    "Responses to authenticated requests may be stored by caches."))
+    order = {s: i for i, s in enumerate(SEVERITIES)}
+    return sorted(found, key=lambda f: order[f.severity])
+
+
+def warn_at_startup(app: Flask, state: GuardState) -> None:
+    """Log the high and medium findings once, on ``app.logger``."""
+    for finding in findings(app, state):
+        if finding.severity != "low":
+            app.logger.warning("flask-apiguard check [%s] %s: %s", finding.severity, finding.key,
+                               finding.message)
+
+
+def as_json(items: list[Finding]) -> list[dict[str, Any]]:
+    return [item.to_dict() for item in items]

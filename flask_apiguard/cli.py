@@ -1,0 +1,218 @@
+"""``flask apiguard``: ``routes``, ``check``, ``keys`` and ``token``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from .audit import as_json, findings
+from .errors import ServiceUnavailable
+from .extension import Route, guard_state
+
+apiguard_cli = AppGroup("apiguard", help="Audit and manage flask-apiguard.")
+_HIDDEN_METHODS = frozenset({"HEAD", "OPTIONS"})
+
+
+def _describe(route: Route) -> dict[str, Any]:
+    declared = route.declared
+    auth = [m for m in ("jwt", "api_key") if getattr(route, m)]
+    roles = sorted({name for names, _ in route.role_rules for name in names})
+    scopes = sorted({name for names in route.scope_rules for name in names} | route.api_key_scopes)
+    limits = []
+    for limit in route.limits:
+        notes = []
+        key = limit.key if isinstance(limit.key, str) else getattr(limit.key, "__name__", "callable")
+        if key != "auto":
+            notes.append(f"key={key}")
+        if limit.failures_only:
+            notes.append("count=failures")
+        if limit.counter.startswith("scope:"):
+            notes.append(f"scope={limit.counter[6:]}")
+        if limit.cost != 1:
+            notes.append(f"cost={limit.cost}")
+        limits.append(str(limit.item) + (f" ({', '.join(notes)})" if notes else ""))
+    return {
+        "public": route.public,
+        "optional": declared.optional and not route.public,
+        "required": route.required,
+        "auth": auth,
+        "roles": roles,
+        "role_rules": [{"roles": sorted(n), "require": r} for n, r in route.role_rules],
+        "scopes": scopes,
+        "rate_limits": limits,
+        "validate": [spec.location for spec in route.validations],
+    }
+
+
+def route_table() -> list[dict[str, Any]]:
+    """Every rule with its methods and the policy the pipeline enforces for them."""
+    state = guard_state(current_app)
+    rows: list[dict[str, Any]] = []
+    for rule in sorted(current_app.url_map.iter_rules(), key=lambda r: (r.rule, r.endpoint)):
+        methods = sorted((rule.methods or set()) - _HIDDEN_METHODS) or sorted(rule.methods or ())
+        groups: dict[str, dict[str, Any]] = {}
+        for method in methods:
+            info = _describe(state.compile(rule.endpoint, method))
+            signature = json.dumps(info, sort_keys=True)
+            if signature in groups:
+                groups[signature]["methods"].append(method)
+            else:
+                groups[signature] = {"rule": rule.rule, "endpoint": rule.endpoint,
+                                     "methods": [method], **info}
+        for row in groups.values():
+            row["cors"] = bool(state.config.cors_origins)
+            row["unprotected"] = not row["required"] and not row["public"] and not row["optional"]
+            rows.append(row)
+    return rows
+
+
+def _access(row: dict[str, Any]) -> str:
+    if row["public"]:
+        return "public"
+    text = " | ".join(row["auth"])
+    if row["optional"]:
+        text += " (optional)"
+    elif not row["required"]:
+        text = "OPEN (undeclared)"
+    if row["roles"]:
+        text += " roles=" + ",".join(row["roles"])
+    if row["scopes"]:
+        text += " scopes=" + ",".join(row["scopes"])
+    return text
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [line.format(*headers), line.format(*("-" * w for w in widths))]
+    out.extend(line.format(*map(str, r)) for r in rows)
+    return "\n".join(s.rstrip() for s in out)
+
+
+@apiguard_cli.command("routes")
+@click.option("--json", "as_json_output", is_flag=True, help="Print JSON for machines.")
+@click.option("--fail-on-unprotected", is_flag=True,
+              help="Exit 1 when a route is reachable without authentication and not declared open.")
+def routes_command(as_json_output: bool, fail_on_unprotected: bool) -> None:
+    """Every route with its methods and security policy."""
+    rows = route_table()
+    if as_json_output:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(_table(
+            ("RULE", "METHODS", "ENDPOINT", "ACCESS", "RATE LIMITS", "VALIDATE"),
+            [(r["rule"], ",".join(r["methods"]), r["endpoint"], _access(r),
+              "; ".join(r["rate_limits"]) or "-", ",".join(r["validate"]) or "-") for r in rows],
+        ))
+    unprotected = [r for r in rows if r["unprotected"]]
+    if unprotected and fail_on_unprotected:
+        for row in unprotected:
+            click.echo(
+                f"unprotected: {row['rule']} [{','.join(row['methods'])}] ({row['endpoint']}) is "
+                "reachable without authentication; add @require_jwt/@require_api_key, or declare "
+                "it open with @public.", err=True,
+            )
+        sys.exit(1)
+
+
+@apiguard_cli.command("check")
+@click.option("--json", "as_json_output", is_flag=True, help="Print JSON for machines.")
+def check_command(as_json_output: bool) -> None:
+    """Audit the live configuration; exit 1 on any high finding."""
+    found = findings(current_app, guard_state(current_app))
+    if as_json_output:
+        click.echo(json.dumps(as_json(found), indent=2))
+    elif not found:
+        click.echo("No findings.")
+    else:
+        for finding in found:
+            click.echo(f"[{finding.severity.upper():6}] {finding.key} ({finding.id})")
+            click.echo(f"         {finding.message}")
+    if any(f.severity == "high" for f in found):
+        sys.exit(1)
+
+
+@apiguard_cli.group("keys")
+def keys_group() -> None:
+    """Create, list and revoke API keys."""
+
+
+def _store_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except ServiceUnavailable as exc:
+        raise click.ClickException(exc.detail) from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@keys_group.command("create")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, help="A scope of the key (repeatable).")
+@click.option("--role", "roles", multiple=True, help="A role of the key (repeatable).")
+@click.option("--owner", default=None, help="The subject the key acts for.")
+@click.option("--expires-days", type=click.IntRange(min=1), default=None,
+              help="Days until the key expires.")
+def keys_create(name: str, scopes: tuple[str, ...], roles: tuple[str, ...], owner: str | None,
+                expires_days: int | None) -> None:
+    """Create a key and print it once (it is not stored in plaintext)."""
+    store = guard_state(current_app).api_keys
+    plaintext, key = _store_call(
+        store.create, name, scopes=scopes, roles=roles, owner=owner,
+        expires_in=expires_days * 86400 if expires_days else None,
+    )
+    click.echo(plaintext)
+    click.echo(f"key_id={key.key_id} name={key.name} expires={key.expires_at or 'never'}", err=True)
+    click.echo("Store it now: it cannot be shown again.", err=True)
+
+
+@keys_group.command("list")
+@click.option("--json", "as_json_output", is_flag=True, help="Print JSON for machines.")
+def keys_list(as_json_output: bool) -> None:
+    """List keys (never their secrets)."""
+    keys = _store_call(guard_state(current_app).api_keys.list)
+    if as_json_output:
+        click.echo(json.dumps([k.to_dict() for k in keys], indent=2))
+        return
+    def status(k: Any) -> str:
+        return "revoked" if k.revoked else "expired" if k.is_expired else "active"
+
+    click.echo(_table(
+        ("KEY_ID", "NAME", "OWNER", "SCOPES", "ROLES", "CREATED", "EXPIRES", "STATUS"),
+        [(k.key_id, k.name, k.owner or "-", ",".join(sorted(k.scopes)) or "-",
+          ",".join(sorted(k.roles)) or "-", k.created_at.strftime("%Y-%m-%d %H:%M"),
+          k.expires_at.strftime("%Y-%m-%d %H:%M") if k.expires_at else "never", status(k))
+         for k in keys],
+    ))
+
+
+@keys_group.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id."""
+    if not _store_call(guard_state(current_app).api_keys.revoke, key_id):
+        raise click.ClickException(f"No active key with id {key_id!r}.")
+    click.echo(f"Revoked {key_id}.")
+
+
+@apiguard_cli.command("token")
+@click.argument("subject")
+@click.option("--role", "roles", multiple=True, help="A role (repeatable).")
+@click.option("--scope", "scopes", multiple=True, help="A scope (repeatable).")
+@click.option("--expires-in", type=click.IntRange(min=1), default=None,
+              help="Lifetime in seconds (default APIGUARD_JWT_EXPIRES_IN).")
+def token_command(subject: str, roles: tuple[str, ...], scopes: tuple[str, ...],
+                  expires_in: int | None) -> None:
+    """Print a signed token for SUBJECT (for development)."""
+    state = guard_state(current_app)
+    try:
+        token = state.guard.issue_token(subject, roles=roles, scopes=scopes, expires_in=expires_in)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(token)

@@ -1,0 +1,69 @@
+"""Who is calling: :class:`Identity`, and the :data:`current_identity` proxy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, cast
+
+from flask import g
+from werkzeug.local import LocalProxy
+
+#: The attribute of :data:`flask.g` that holds the per-request state (one namespace).
+G_ATTR = "_apiguard"
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The authenticated caller of the current request, or the anonymous one.
+
+    :param subject: the JWT ``sub`` claim, or the API key's owner (``apikey:<key_id>`` when the
+        key has no owner).
+    :param roles: role names, compared exactly.
+    :param scopes: scope names (API key scopes, or the JWT ``scope`` claim split on spaces).
+    :param claims: the verified JWT claims (empty for API keys), read-only.
+    :param method: ``"jwt"``, ``"api_key"`` or ``None`` when anonymous.
+    :param key_id: the API key's id, when authenticated by key.
+    """
+
+    subject: str | None = None
+    roles: frozenset[str] = frozenset()
+    scopes: frozenset[str] = frozenset()
+    claims: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    method: str | None = None
+    key_id: str | None = None
+
+    @property
+    def is_authenticated(self) -> bool:
+        return self.method is not None
+
+    def has_roles(self, *names: str, require: str = "any") -> bool:
+        """True when the identity holds any (or, with ``require="all"``, all) of ``names``."""
+        wanted = frozenset(names)
+        if require == "all":
+            return wanted <= self.roles
+        return bool(wanted & self.roles)
+
+    def __repr__(self) -> str:
+        if not self.is_authenticated:
+            return "<Identity anonymous>"
+        return f"<Identity {self.method} subject={self.subject!r} roles={sorted(self.roles)}>"
+
+
+ANONYMOUS = Identity()
+
+
+def _identity() -> Identity:
+    state = g.get(G_ATTR)
+    identity = getattr(state, "identity", None)
+    return identity if identity is not None else ANONYMOUS
+
+
+if TYPE_CHECKING:
+    current_identity: Identity
+else:
+    current_identity = cast(Identity, LocalProxy(_identity))
+    """Proxy to the current request's :class:`Identity` (anonymous outside a guarded request)."""

@@ -1,0 +1,189 @@
+"""Steps 6 and 10: body size, media type, JSON well-formedness, depth, operator keys and
+repeated query parameters, all before any schema sees the data.
+
+The depth of a JSON document is measured on the raw bytes, without recursion, before the
+parser runs: a 10 000-deep body is refused without ever reaching Python's recursion limit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from flask.wrappers import Request
+from werkzeug.datastructures import ImmutableMultiDict, MultiDict
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from ..config import GuardConfig
+from ..errors import (
+    DuplicateParameter,
+    InvalidBody,
+    MalformedJSON,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+_KEEP_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_OPEN = frozenset(b"[{")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def is_json_type(mimetype: str) -> bool:
+    """``application/json`` or any ``application/*+json``."""
+    return mimetype == "application/json" or (
+        mimetype.startswith("application/") and mimetype.endswith("+json")
+    )
+
+
+def depth_exceeds(data: bytes, limit: int) -> bool:
+    """True when the JSON text in ``data`` nests arrays/objects deeper than ``limit``.
+
+    Strings are blanked first so brackets inside them do not count; the scan is iterative.
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    depth = 0
+    for byte in _STRING.sub(b'""', data).translate(None, _KEEP_BRACKETS):
+        if byte in _OPEN:
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def operator_key_path(document: Any) -> bool:
+    """True when any object key, at any depth, starts with ``$``. Iterative."""
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key.startswith("$"):
+                    return True
+                if isinstance(value, dict | list):
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(item for item in node if isinstance(item, dict | list))
+    return False
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+class BodyGuard:
+    """The size, media-type and JSON checks, configured once."""
+
+    __slots__ = ("duplicate_params", "json_only", "max_depth", "max_length", "operator_keys")
+
+    def __init__(self, config: GuardConfig, app_max_length: int | None) -> None:
+        limits = [n for n in (config.max_content_length, app_max_length) if n is not None]
+        self.max_length = min(limits) if limits else None
+        self.max_depth = config.max_json_depth
+        self.json_only = config.json_only
+        self.operator_keys = config.reject_operator_keys
+        self.duplicate_params = config.duplicate_params
+
+    # -- step 6 -------------------------------------------------------------------------------
+    def check_size(self, request: Request) -> None:
+        """413 when the body is over the limit, before the view or the form parser read it.
+
+        With a ``Content-Length`` the header decides and nothing is read. A streamed body
+        (``Transfer-Encoding: chunked``) has no announced size, so at most one byte more than
+        the limit is read into the request's cache here, and the answer is 413 when that byte
+        came; werkzeug's own cap would silently cut such a body at the limit instead.
+        """
+        if self.max_length is None:
+            return
+        length = request.content_length
+        if length is not None:
+            if length > self.max_length:
+                raise self._too_large()
+            request.max_content_length = self.max_length
+            return
+        if "HTTP_TRANSFER_ENCODING" in request.environ:
+            request.max_content_length = self.max_length + 1
+            try:
+                data = request.get_data(cache=True)
+            except RequestEntityTooLarge:
+                raise self._too_large() from None
+            if len(data) > self.max_length:
+                raise self._too_large()
+
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(f"The request body may be at most {self.max_length} bytes.")
+
+    # -- step 10 ------------------------------------------------------------------------------
+    def check_body(self, request: Request, accepts_form: bool) -> Any:
+        """Check the body; return the parsed JSON document, or ``...`` when there is none."""
+        environ = request.environ
+        if not environ.get("CONTENT_LENGTH", "0").strip("0 ") and "HTTP_TRANSFER_ENCODING" not in environ:
+            return ...
+        mimetype = request.mimetype
+        if is_json_type(mimetype):
+            return self._parse_json(request)
+        if accepts_form and mimetype in FORM_TYPES:
+            self._read(request, form=True)
+            return ...
+        if self.json_only:
+            expected = "application/json or a form" if accepts_form else "application/json"
+            raise UnsupportedMediaType(f"The request body must be {expected}.")
+        return ...
+
+    def _read(self, request: Request, *, form: bool = False) -> bytes:
+        try:
+            if form:
+                request.form  # noqa: B018 - parse now, under the size limit
+                return b""
+            return request.get_data(cache=True)
+        except RequestEntityTooLarge:
+            raise self._too_large() from None
+
+    def _parse_json(self, request: Request) -> Any:
+        data = self._read(request)
+        if not data:
+            return ...
+        try:
+            # JSON between systems is UTF-8 (RFC 8259 section 8.1). Decoding strictly first
+            # refuses UTF-16/32 bodies (whose escapes would hide a "$" from the byte checks
+            # below) and UTF-8-encoded surrogates, which Python's own decoder would let through.
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedJSON("The request body is not valid UTF-8 JSON.") from None
+        if depth_exceeds(data, self.max_depth):
+            raise InvalidBody(f"The JSON body nests deeper than {self.max_depth} levels.")
+        try:
+            document = json.loads(text, parse_constant=_reject_constant)
+            if _SURROGATE_ESCAPE.search(data):
+                json.dumps(document, ensure_ascii=False).encode("utf-8")
+        except (ValueError, RecursionError):
+            raise MalformedJSON() from None
+        if self.operator_keys and (b"$" in data or b"\\u0024" in data) and operator_key_path(document):
+            raise InvalidBody("Object keys may not start with '$'.")
+        request._cached_json = (document, document)
+        return document
+
+    def check_query(self, request: Request, list_fields: Iterable[str]) -> None:
+        """Apply ``APIGUARD_DUPLICATE_PARAMS`` to the query string."""
+        if not request.environ.get("QUERY_STRING") or self.duplicate_params == "allow":
+            return
+        args: MultiDict[str, str] = request.args
+        allowed = frozenset(list_fields)
+        repeated = [k for k, values in args.lists() if len(values) > 1 and k not in allowed]
+        if not repeated:
+            return
+        if self.duplicate_params == "reject":
+            raise DuplicateParameter(
+                f"The query parameter {sorted(repeated)[0][:64]!r} was given more than once."
+            )
+        pick = 0 if self.duplicate_params == "first" else -1
+        request.args = ImmutableMultiDict(
+            [(k, v) for k, values in args.lists()
+             for v in (values if k in allowed else [values[pick]])]
+        )

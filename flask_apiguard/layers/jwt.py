@@ -1,0 +1,463 @@
+"""JWT verification and issuing with pyjwt, the way RFC 8725 (JWT best current practice) asks.
+
+* Algorithms are pinned to ``APIGUARD_JWT_ALGORITHMS``; ``none`` is refused at start-up and the
+  HMAC and public-key families are never mixed, so a public key can never serve as an HMAC
+  secret (algorithm confusion).
+* Keys are parsed once at start-up. With ``APIGUARD_JWT_KEYS`` a token's ``kid`` only selects
+  among the configured keys; ``jku``, ``x5u``, ``jwk`` and ``x5c`` are never read.
+* Verified tokens are kept in a bounded cache keyed by the exact token string. A hit skips
+  the signature check but re-checks ``exp``, ``nbf``, ``iat`` and the maximum age; revocation
+  is checked by the pipeline for every request, cached or not.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import jwt
+from jwt.algorithms import get_default_algorithms
+
+from ..config import HMAC_ALGORITHMS, GuardConfig
+from ..errors import ApiGuardConfigError, InvalidToken, TokenExpired
+from ..identity import Identity
+
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_ALGORITHMS = get_default_algorithms()
+_CURVE_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512",
+                     "secp256k1": "ES256K"}
+_HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+_RESERVED = frozenset({"sub", "exp", "iat", "jti", "iss", "aud", "nbf", "scope"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    verify: Any
+    sign: Any | None
+    algorithms: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    identity: Identity
+    exp: float | None
+    nbf: float | None
+    iat: float | None
+    jti: str | None
+
+
+def _key_algorithms(key: Any, allowed: Iterable[str]) -> frozenset[str]:
+    """The configured algorithms this key object can verify."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+    allowed = frozenset(allowed)
+    if isinstance(key, bytes):
+        return allowed & HMAC_ALGORITHMS
+    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+        return frozenset(a for a in allowed if a[:2] in ("RS", "PS"))
+    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
+        alg = _CURVE_ALGORITHMS.get(key.curve.name)
+        return frozenset({alg}) & allowed if alg else frozenset()
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+        return allowed & {"EdDSA", "Ed25519"}
+    if isinstance(key, ed448.Ed448PrivateKey | ed448.Ed448PublicKey):
+        return allowed & {"EdDSA"}
+    return frozenset()
+
+
+def _is_private(key: Any) -> bool:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+    return isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+                      | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
+
+
+def _load_key(where: str, material: Any, allowed: tuple[str, ...]) -> _Key:
+    """Parse one key (an HMAC secret, a PEM public or private key, or a JWK dict)."""
+    hmac = any(a in HMAC_ALGORITHMS for a in allowed)
+    if isinstance(material, Mapping):
+        if material.get("use", "sig") != "sig":
+            raise ApiGuardConfigError(f"{where}: the JWK is not a signing key (use={material['use']!r}).")
+        try:
+            jwk = jwt.PyJWK(dict(material))
+        except jwt.PyJWTError as exc:
+            raise ApiGuardConfigError(f"{where}: not a usable JWK ({exc}).") from None
+        key_object = jwk.key
+        if isinstance(key_object, bytes):
+            return _Key(key_object, key_object, _hmac_algorithms(where, key_object, allowed))
+        algorithms = _key_algorithms(key_object, allowed)
+        if "alg" in material:
+            algorithms &= {material["alg"]}
+        public_key = getattr(key_object, "public_key", None)
+        if callable(public_key) and _is_private(key_object):
+            return _finish(where, public_key(), algorithms, allowed, sign=key_object)
+        return _finish(where, key_object, algorithms, allowed)
+    if isinstance(material, str):
+        material = material.encode("utf-8")
+    if not isinstance(material, bytes):
+        raise ApiGuardConfigError(f"{where}: expected a PEM string, a secret or a JWK dict.")
+    if hmac:
+        if material.lstrip().startswith(b"-----BEGIN") or material.startswith(b"ssh-"):
+            raise ApiGuardConfigError(
+                f"{where}: a PEM or SSH key cannot be used as an HMAC secret. Use HS* with a "
+                "random secret, or set APIGUARD_JWT_ALGORITHMS to RS256/ES256/EdDSA."
+            )
+        return _Key(material, material, _hmac_algorithms(where, material, allowed))
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        private = serialization.load_pem_private_key(material, password=None)
+    except (ValueError, TypeError):
+        private = None
+    if private is not None:
+        return _finish(where, private.public_key(), _key_algorithms(private, allowed), allowed,
+                       sign=private)
+    try:
+        public = serialization.load_pem_public_key(material)
+    except (ValueError, TypeError):
+        raise ApiGuardConfigError(
+            f"{where}: not a PEM public or private key (an encrypted private key is not supported)."
+        ) from None
+    return _finish(where, public, _key_algorithms(public, allowed), allowed)
+
+
+def _hmac_algorithms(where: str, secret: bytes, allowed: Iterable[str]) -> frozenset[str]:
+    """HS* algorithms need a secret at least as long as their hash (RFC 7518 section 3.2)."""
+    algorithms = frozenset(allowed) & HMAC_ALGORITHMS
+    needed = max(_HMAC_MIN_BYTES[a] for a in algorithms) if algorithms else 32
+    if len(secret) < needed:
+        raise ApiGuardConfigError(
+            f"{where}: is {len(secret)} bytes; {sorted(algorithms)} need at least {needed} "
+            "(RFC 7518 section 3.2). Generate one with: "
+            'python -c "import secrets; print(secrets.token_urlsafe(64))"'
+        )
+    return algorithms
+
+
+def _finish(where: str, key: Any, algorithms: frozenset[str], allowed: tuple[str, ...],
+            sign: Any = None) -> _Key:
+    if not algorithms:
+        raise ApiGuardConfigError(
+            f"{where}: this {type(key).__name__} cannot verify any of APIGUARD_JWT_ALGORITHMS "
+            f"{list(allowed)}. Use a key of the matching type (RSA for RS*/PS*, the matching "
+            "curve for ES*, Ed25519 for EdDSA)."
+        )
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
+        raise ApiGuardConfigError(f"{where}: RSA keys need at least 2048 bits.")
+    return _Key(key, sign, algorithms)
+
+
+class JwtLayer:
+    """Verifies bearer tokens and issues new ones for one app."""
+
+    def __init__(self, config: GuardConfig) -> None:
+        self.algorithms = config.jwt_algorithms
+        self.max_length = config.jwt_max_length
+        self.max_age = config.jwt_max_age
+        self.issuer = config.jwt_issuer
+        self.audience = list(config.jwt_audience) if config.jwt_audience else None
+        self.leeway = config.jwt_leeway
+        self.required = list(config.jwt_required_claims)
+        self.expires_in = config.jwt_expires_in
+        self.roles_claim = config.jwt_roles_claim
+        self.cache_size = config.jwt_cache_size
+        self._cache: dict[str, _Verified] = {}
+        self._lock = threading.Lock()
+        self.keys: dict[str, _Key] = {}
+        self.default_key: _Key | None = None
+        self.signing_kid: str | None = None
+        self._load_keys(config)
+        self.decode_options: dict[str, Any] = {
+            "require": self.required,
+            "verify_signature": True,
+            "verify_exp": True,
+            "verify_nbf": True,
+            "verify_iat": True,
+            "verify_aud": True,
+            "verify_iss": self.issuer is not None,
+            "verify_sub": True,
+            "verify_jti": True,
+            "enforce_minimum_key_length": True,
+        }
+
+    # -- keys ---------------------------------------------------------------------------------
+    def _load_keys(self, config: GuardConfig) -> None:
+        allowed = config.jwt_algorithms
+        hmac = config.uses_hmac
+        if config.jwt_keys is not None:
+            entries: dict[str, Any]
+            if isinstance(config.jwt_keys.get("keys"), list):
+                entries = {}
+                for position, jwk in enumerate(config.jwt_keys["keys"]):
+                    kid = jwk.get("kid") if isinstance(jwk, Mapping) else None
+                    if not isinstance(kid, str) or not kid:
+                        raise ApiGuardConfigError(
+                            f"APIGUARD_JWT_KEYS: JWKS key #{position} has no 'kid'; every key "
+                            "needs one so that tokens can name it."
+                        )
+                    if jwk.get("use", "sig") == "sig":
+                        entries[kid] = jwk
+            else:
+                entries = dict(config.jwt_keys)
+            for kid, material in entries.items():
+                if not isinstance(kid, str) or not kid:
+                    raise ApiGuardConfigError("APIGUARD_JWT_KEYS: every kid must be a non-empty string.")
+                self.keys[kid] = _load_key(f"APIGUARD_JWT_KEYS[{kid!r}]", material, allowed)
+            if not self.keys:
+                raise ApiGuardConfigError("APIGUARD_JWT_KEYS: no signing key was found.")
+            kid = config.jwt_signing_key_id or next(iter(self.keys))
+            if kid not in self.keys:
+                raise ApiGuardConfigError(
+                    f"APIGUARD_JWT_SIGNING_KEY_ID: {kid!r} is not a kid of APIGUARD_JWT_KEYS "
+                    f"({sorted(self.keys)})."
+                )
+            self.signing_kid = kid
+            for key_name in ("JWT_SECRET", "JWT_PUBLIC_KEY", "JWT_PRIVATE_KEY"):
+                if getattr(config, key_name.lower()) is not None:
+                    raise ApiGuardConfigError(
+                        f"APIGUARD_{key_name}: set either APIGUARD_JWT_KEYS or a single key, not both."
+                    )
+            return
+        if hmac:
+            for key_name in ("JWT_PUBLIC_KEY", "JWT_PRIVATE_KEY"):
+                if getattr(config, key_name.lower()) is not None:
+                    raise ApiGuardConfigError(
+                        f"APIGUARD_{key_name}: PEM keys need public-key algorithms, but "
+                        f"APIGUARD_JWT_ALGORITHMS is {list(allowed)}. Use RS256, ES256 or EdDSA."
+                    )
+            if config.jwt_secret is not None:
+                self.default_key = _load_key("APIGUARD_JWT_SECRET", config.jwt_secret, allowed)
+            return
+        if config.jwt_secret is not None:
+            raise ApiGuardConfigError(
+                f"APIGUARD_JWT_SECRET: an HMAC secret needs HS* algorithms, but "
+                f"APIGUARD_JWT_ALGORITHMS is {list(allowed)}. Set APIGUARD_JWT_PUBLIC_KEY instead."
+            )
+        public = private = None
+        if config.jwt_public_key is not None:
+            public = _load_key("APIGUARD_JWT_PUBLIC_KEY", config.jwt_public_key, allowed)
+        if config.jwt_private_key is not None:
+            private = _load_key("APIGUARD_JWT_PRIVATE_KEY", config.jwt_private_key, allowed)
+            if private.sign is None:
+                raise ApiGuardConfigError(
+                    "APIGUARD_JWT_PRIVATE_KEY: this is a public key, not a private one."
+                )
+        if public is not None and private is not None:
+            self.default_key = _Key(public.verify, private.sign, public.algorithms & private.algorithms)
+            if not self.default_key.algorithms:
+                raise ApiGuardConfigError(
+                    "APIGUARD_JWT_PRIVATE_KEY: it does not match APIGUARD_JWT_PUBLIC_KEY's type."
+                )
+        else:
+            self.default_key = public or private
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.keys) or self.default_key is not None
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    # -- verification -------------------------------------------------------------------------
+    @staticmethod
+    def bearer(header: str) -> str:
+        """The token of an ``Authorization: Bearer`` value (the scheme is matched by the caller)."""
+        parts = header.split()
+        if len(parts) != 2 or not _B64TOKEN.fullmatch(parts[1]):
+            raise InvalidToken("The Authorization header must be 'Bearer <token>'.")
+        return parts[1]
+
+    def verify(self, token: str) -> tuple[Identity, str | None]:
+        """The identity and ``jti`` of a valid token; raises ``InvalidToken``/``TokenExpired``."""
+        if len(token) > self.max_length:
+            raise InvalidToken("The token is too long.")
+        cached = self._cache.get(token)
+        if cached is not None:
+            self._check_times(cached, time.time())
+            return cached.identity, cached.jti
+        claims = self._decode(token)
+        verified = self._identity(claims)
+        self._check_times(verified, time.time())
+        if self.cache_size:
+            with self._lock:
+                while len(self._cache) >= self.cache_size:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[token] = verified
+        return verified.identity, verified.jti
+
+    def _check_times(self, verified: _Verified, now: float) -> None:
+        leeway = self.leeway
+        if verified.exp is not None and verified.exp <= now - leeway:
+            raise TokenExpired()
+        if verified.nbf is not None and verified.nbf > now + leeway:
+            raise InvalidToken("The token is not valid yet.")
+        if verified.iat is not None and verified.iat > now + leeway:
+            raise InvalidToken("The token was issued in the future.")
+        if self.max_age is not None and verified.iat is not None and \
+                now - verified.iat > self.max_age + leeway:
+            raise TokenExpired("The token is older than the maximum age.")
+
+    def _select_key(self, header: Mapping[str, Any]) -> _Key:
+        if self.keys:
+            kid = header.get("kid")
+            if not isinstance(kid, str) or kid not in self.keys:
+                raise InvalidToken("The token does not name a known signing key.")
+            return self.keys[kid]
+        if self.default_key is None:
+            raise InvalidToken("Bearer tokens are not accepted: no JWT key is configured.")
+        return self.default_key
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise InvalidToken("The token is malformed.") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.algorithms:
+            raise InvalidToken("The token's algorithm is not accepted.")
+        if "crit" in header:
+            raise InvalidToken("The token uses a critical header extension that is not supported.")
+        key = self._select_key(header)
+        if alg not in key.algorithms:
+            raise InvalidToken("The token's algorithm does not match its key.")
+        try:
+            claims = jwt.decode(
+                token,
+                key.verify,
+                algorithms=[alg],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options=self.decode_options,  # type: ignore[arg-type]
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenExpired() from None
+        except jwt.ImmatureSignatureError:
+            raise InvalidToken("The token is not valid yet.") from None
+        except jwt.InvalidAudienceError:
+            raise InvalidToken("The token is not meant for this service (audience).") from None
+        except jwt.InvalidIssuerError:
+            raise InvalidToken("The token was not issued by a trusted issuer.") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise InvalidToken(f"The token lacks the required '{exc.claim}' claim.") from None
+        except jwt.InvalidSignatureError:
+            raise InvalidToken("The token's signature is invalid.") from None
+        except (jwt.PyJWTError, ValueError, TypeError, OverflowError):
+            raise InvalidToken("The token is malformed.") from None
+        if not isinstance(claims, dict):
+            raise InvalidToken("The token is malformed.")
+        return claims
+
+    def _identity(self, claims: dict[str, Any]) -> _Verified:
+        roles = _names(claims.get(self.roles_claim), "roles", split=False)
+        scopes = _names(claims.get("scope"), "scope", split=True)
+        times: list[float | None] = []
+        for name in ("exp", "nbf", "iat"):
+            value = claims.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise InvalidToken(f"The token's '{name}' claim must be a number.")
+            try:
+                times.append(float(value) if value is not None else None)
+            except OverflowError:
+                raise InvalidToken(f"The token's '{name}' claim is out of range.") from None
+        subject = claims.get("sub")
+        jti = claims.get("jti")
+        identity = Identity(
+            subject=subject if isinstance(subject, str) else None,
+            roles=roles,
+            scopes=scopes,
+            claims=MappingProxyType(claims),
+            method="jwt",
+        )
+        return _Verified(identity, times[0], times[1], times[2], jti if isinstance(jti, str) else None)
+
+    # -- issuing ------------------------------------------------------------------------------
+    def issue(self, subject: str, *, roles: Iterable[str] = (), scopes: Iterable[str] = (),
+              expires_in: int | None = None, **claims: Any) -> str:
+        if not isinstance(subject, str) or not subject:
+            raise TypeError("issue_token: subject must be a non-empty string.")
+        reserved = _RESERVED & claims.keys() | ({self.roles_claim} & claims.keys())
+        if reserved:
+            raise TypeError(f"issue_token: {sorted(reserved)} are set by ApiGuard; use the arguments.")
+        kid = self.signing_kid
+        key = self.keys[kid] if kid is not None else self.default_key
+        if key is None or key.sign is None:
+            raise RuntimeError(
+                "issue_token needs a signing key: set APIGUARD_JWT_SECRET (HS*), "
+                "APIGUARD_JWT_PRIVATE_KEY, or a private key in APIGUARD_JWT_KEYS."
+            )
+        algorithm = next(a for a in self.algorithms if a in key.algorithms)
+        lifetime = self.expires_in if expires_in is None else int(expires_in)
+        if lifetime <= 0:
+            raise ValueError("issue_token: expires_in must be positive.")
+        now = int(time.time())
+        payload: dict[str, Any] = {"sub": subject, "iat": now, "exp": now + lifetime,
+                                   "jti": secrets.token_urlsafe(18)}
+        if self.issuer is not None:
+            payload["iss"] = self.issuer
+        if self.audience:
+            payload["aud"] = self.audience[0] if len(self.audience) == 1 else self.audience
+        role_list = _as_list(roles, "roles")
+        if role_list:
+            payload[self.roles_claim] = role_list
+        scope_list = _as_list(scopes, "scopes")
+        if scope_list:
+            if any(" " in s for s in scope_list):
+                raise ValueError("issue_token: scope names cannot contain spaces.")
+            payload["scope"] = " ".join(scope_list)
+        payload.update(claims)
+        headers = {"kid": kid} if kid is not None else None
+        return jwt.encode(payload, key.sign, algorithm=algorithm, headers=headers)
+
+    def decode_for_revocation(self, token: str) -> tuple[str, float | None]:
+        """The ``jti`` and ``exp`` of a token issued with our keys (expired ones included)."""
+        try:
+            header = jwt.get_unverified_header(token)
+            key = self._select_key(header)
+            alg = header.get("alg")
+            if alg not in key.algorithms or alg not in self.algorithms:
+                raise InvalidToken()
+            claims = jwt.decode(token, key.verify, algorithms=[alg],
+                                options={"verify_exp": False, "verify_aud": False,
+                                         "verify_iss": False, "verify_nbf": False,
+                                         "verify_iat": False})
+        except (jwt.PyJWTError, InvalidToken, ValueError, TypeError):
+            raise ValueError("revoke_token: not a token signed by this application's keys.") from None
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            raise ValueError("revoke_token: the token has no 'jti' claim, so it cannot be revoked.")
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            return jti, None
+        try:
+            return jti, float(exp)
+        except OverflowError:  # such a token is refused by verify() anyway
+            return jti, None
+
+
+def _names(value: Any, claim: str, *, split: bool) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        return frozenset(value.split()) if split else frozenset({value})
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return frozenset(value)
+    raise InvalidToken(f"The token's '{claim}' claim must be a string or a list of strings.")
+
+
+def _as_list(values: Iterable[str], what: str) -> list[str]:
+    if isinstance(values, str):
+        values = [values]
+    items = list(values)
+    if not all(isinstance(v, str) and v for v in items):
+        raise TypeError(f"issue_token: {what} must be non-empty strings.")
+    return items

@@ -1,0 +1,107 @@
+"""Step 9: which counters a request uses. Counting itself is :mod:`flask_apiguard.storage`'s.
+
+Each view has its own counters (the view's endpoint is part of the key) unless ``scope=``
+names a shared one. A counter is keyed by what ``key=`` says: the authenticated subject, the
+client IP (IPv6 grouped by /64, resolved through ``APIGUARD_TRUSTED_PROXIES`` so a forged
+``X-Forwarded-For`` never moves a client to a fresh bucket), the API key id, or a callable's
+string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from limits import RateLimitItem, parse_many
+
+from ..identity import Identity
+from ..storage import LimitProbe
+
+NAMESPACE = "apiguard"
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledLimit:
+    """One limit item of a view, ready to be turned into a probe per request."""
+
+    item: RateLimitItem
+    counter: str
+    key: str | Callable[[], str]
+    cost: int
+    failures_only: bool
+    text: str
+
+
+class Declared(Protocol):
+    """What one ``@rate_limit`` recorded (``policy.RateLimitSpec``)."""
+
+    @property
+    def limit(self) -> str: ...
+    @property
+    def items(self) -> tuple[RateLimitItem, ...]: ...
+    @property
+    def key(self) -> str | Callable[[], str]: ...
+    @property
+    def count(self) -> str: ...
+    @property
+    def scope(self) -> str | None: ...
+    @property
+    def cost(self) -> int: ...
+
+
+def compile_limits(declared: Sequence[Declared], endpoint: str,
+                   default: str | None) -> tuple[CompiledLimit, ...]:
+    """The limits of one endpoint: its declared ones, or the default when it declares none."""
+    if not declared:
+        if default is None:
+            return ()
+        return tuple(
+            CompiledLimit(item, f"view:{endpoint}", "auto", 1, False, default)
+            for item in parse_many(default)
+        )
+    compiled: list[CompiledLimit] = []
+    for spec in declared:
+        counter = f"scope:{spec.scope}" if spec.scope else f"view:{endpoint}"
+        compiled.extend(
+            CompiledLimit(item, counter, spec.key, spec.cost, spec.count == "failures", spec.limit)
+            for item in spec.items
+        )
+    return tuple(compiled)
+
+
+def key_value(key: str | Callable[[], str], identity: Identity, client: str) -> str:
+    """The bucket of this request for a ``key=`` kind."""
+    if key == "ip":
+        return f"ip:{client}"
+    if key == "auto" or key == "user":
+        if identity.subject is not None and identity.is_authenticated:
+            return f"sub:{identity.subject}"
+        return f"ip:{client}"
+    if key == "api_key":
+        if identity.key_id is not None:
+            return f"key:{identity.key_id}"
+        return key_value("auto", identity, client)
+    assert callable(key)
+    value = key()
+    if not isinstance(value, str) or not value:
+        return f"ip:{client}"
+    return f"fn:{value}"
+
+
+def probes(limits: Sequence[CompiledLimit], identity: Identity, client: str) -> list[LimitProbe]:
+    """This request's probes; ``count="failures"`` limits are only tested now, hit later."""
+    return [
+        LimitProbe(
+            limit.item,
+            (NAMESPACE, limit.counter, key_value(limit.key, identity, client)),
+            limit.cost,
+            hit=not limit.failures_only,
+        )
+        for limit in limits
+    ]
+
+
+def failure_probes(items: Sequence[RateLimitItem], client: str) -> list[LimitProbe]:
+    """The auth-failure counters of a client IP (``APIGUARD_AUTH_FAILURE_LIMIT``)."""
+    return [LimitProbe(item, (NAMESPACE, "authfail", client)) for item in items]

@@ -1,0 +1,39 @@
+"""Step 1: the request id, generated, or taken from the client only when trusted and well-formed."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from ..config import GuardConfig
+
+_WELL_FORMED = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+class RequestIds:
+    """Resolves the id of each request. Never echoes CRLF, oversize or odd input."""
+
+    __slots__ = ("environ_key", "header", "trust")
+
+    def __init__(self, config: GuardConfig) -> None:
+        self.header = config.request_id_header
+        self.environ_key = "HTTP_" + self.header.upper().replace("-", "_")
+        self.trust = config.trust_request_id
+
+    def resolve(self, environ: Mapping[str, Any]) -> str:
+        if self.trust:
+            incoming = environ.get(self.environ_key)
+            if incoming and _WELL_FORMED.fullmatch(incoming):
+                return str(incoming)
+        return new_request_id()
+
+
+_bits = random.getrandbits
+
+
+def new_request_id() -> str:
+    """32 random hex characters. Unique, not secret: an id names a request in logs, it grants
+    nothing, so the fast generator (reseeded by Python in every forked worker) is enough."""
+    return f"{_bits(128):032x}"

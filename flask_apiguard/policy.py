@@ -1,0 +1,411 @@
+"""What a view declares: :class:`Policy`, and the decorators that record it.
+
+Decorators only record; ApiGuard's pipeline enforces. Their order on a view does not matter,
+they work on plain functions, blueprint views, ``View``/``MethodView`` classes and their
+methods, and on async views. Contradictions (``@public`` with ``@roles``, two ``@validate`` for
+one location) raise :class:`TypeError` when the module is imported, not at the first request.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar, overload
+
+from flask import current_app, g
+from limits import RateLimitItem, parse_many
+
+from .errors import ApiGuardConfigError
+from .identity import G_ATTR
+
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: The attribute that carries a view's :class:`Policy`.
+POLICY_ATTR = "__apiguard_policy__"
+
+LOCATIONS = ("json", "query", "form", "headers", "path")
+KEY_KINDS = ("auto", "ip", "user", "api_key")
+AUTH_METHODS = ("jwt", "api_key")
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSpec:
+    """One ``@rate_limit`` declaration."""
+
+    limit: str
+    items: tuple[RateLimitItem, ...]
+    key: str | Callable[[], str]
+    count: str = "all"
+    scope: str | None = None
+    cost: int = 1
+
+    @property
+    def key_name(self) -> str:
+        return self.key if isinstance(self.key, str) else getattr(self.key, "__name__", "callable")
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationSpec:
+    """One ``@validate`` declaration; ``schema`` is a marshmallow schema instance built once."""
+
+    location: str
+    schema: Any
+    arg_name: str
+    #: Names (as sent) of fields that accept several values, e.g. ``fields.List`` in a query.
+    list_fields: frozenset[str]
+
+
+@dataclass(slots=True)
+class Policy:
+    """The security policy a view declared. ``None``/empty means "not declared here"."""
+
+    public: bool = False
+    optional: bool = False
+    methods: set[str] = field(default_factory=set)
+    api_key_scopes: frozenset[str] = frozenset()
+    role_rules: list[tuple[frozenset[str], str]] = field(default_factory=list)
+    scope_rules: list[frozenset[str]] = field(default_factory=list)
+    rate_limits: list[RateLimitSpec] = field(default_factory=list)
+    rate_limit_exempt: bool = False
+    validations: dict[str, ValidationSpec] = field(default_factory=dict)
+
+    @property
+    def needs_identity(self) -> bool:
+        """True when the declarations alone demand an authenticated caller."""
+        return bool(
+            (self.methods and not self.optional) or self.role_rules or self.scope_rules
+            or self.api_key_scopes
+        )
+
+    def copy(self) -> Policy:
+        return Policy(
+            public=self.public,
+            optional=self.optional,
+            methods=set(self.methods),
+            api_key_scopes=self.api_key_scopes,
+            role_rules=list(self.role_rules),
+            scope_rules=list(self.scope_rules),
+            rate_limits=list(self.rate_limits),
+            rate_limit_exempt=self.rate_limit_exempt,
+            validations=dict(self.validations),
+        )
+
+    def merge(self, more_specific: Policy) -> Policy:
+        """Combine with a more specific level (class < view < method).
+
+        Requirements (roles, scopes, limits, validations) add up; the authentication mode of the
+        most specific level that declares one wins.
+        """
+        merged = self.copy()
+        if more_specific.public or more_specific.methods or more_specific.optional:
+            merged.public = more_specific.public
+            merged.optional = more_specific.optional
+            merged.methods = set(more_specific.methods)
+        merged.api_key_scopes |= more_specific.api_key_scopes
+        merged.role_rules += more_specific.role_rules
+        merged.scope_rules += more_specific.scope_rules
+        merged.rate_limits += more_specific.rate_limits
+        merged.rate_limit_exempt |= more_specific.rate_limit_exempt
+        merged.validations.update(more_specific.validations)
+        if merged.public and merged.needs_identity:
+            merged.public = False
+        return merged
+
+
+def _name(target: Any) -> str:
+    return str(getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target)))
+
+
+def get_policy(target: Any) -> Policy | None:
+    """The policy declared on ``target`` (a function, or a view class or its base), if any."""
+    policy = getattr(target, POLICY_ATTR, None)
+    return policy if isinstance(policy, Policy) else None
+
+
+def _policy_of(target: Any) -> Policy:
+    """The policy of ``target``, created on first use. A subclass gets its own copy."""
+    if isinstance(target, type):
+        own: Policy | None = target.__dict__.get(POLICY_ATTR)
+        if own is None:
+            inherited = get_policy(target)
+            own = inherited.copy() if inherited is not None else Policy()
+            setattr(target, POLICY_ATTR, own)
+        return own
+    policy = get_policy(target)
+    if policy is None:
+        if not callable(target):
+            raise TypeError(f"flask-apiguard decorators apply to views, not to {target!r}.")
+        policy = Policy()
+        setattr(target, POLICY_ATTR, policy)
+    return policy
+
+
+def _check(policy: Policy, target: Any) -> None:
+    name = _name(target)
+    if policy.public and (policy.needs_identity or policy.methods or policy.optional):
+        raise TypeError(
+            f"{name}: @public cannot be combined with @require_jwt, @require_api_key, @roles "
+            "or @scopes. Remove @public, or remove the authentication requirements."
+        )
+    if policy.optional and (policy.role_rules or policy.scope_rules or policy.api_key_scopes):
+        raise TypeError(
+            f"{name}: @require_jwt(optional=True) admits anonymous callers, so @roles/@scopes "
+            "cannot apply. Drop optional=True, or check roles inside the view."
+        )
+    if policy.optional and "api_key" in policy.methods:
+        raise TypeError(
+            f"{name}: @require_jwt(optional=True) cannot be combined with @require_api_key."
+        )
+
+
+# -- the decorators -------------------------------------------------------------------------
+
+def public(view: F) -> F:
+    """Declare ``view`` open to anonymous callers (exempt from default-deny).
+
+    Credentials sent to a public view are ignored: not checked, not counted.
+    """
+    policy = _policy_of(view)
+    policy.public = True
+    _check(policy, view)
+    return view
+
+
+@overload
+def require_jwt(view: F, /) -> F: ...
+@overload
+def require_jwt(*, optional: bool = False) -> Callable[[F], F]: ...
+
+
+def require_jwt(view: Any = None, /, *, optional: bool = False) -> Any:
+    """Require a valid JWT bearer token.
+
+    ``@require_jwt(optional=True)`` admits anonymous callers too: no token gives an anonymous
+    identity, a valid token an authenticated one, an invalid token is still refused (401).
+    """
+
+    def record(target: F) -> F:
+        policy = _policy_of(target)
+        policy.methods.add("jwt")
+        policy.optional = policy.optional or optional
+        _check(policy, target)
+        return target
+
+    return record(view) if view is not None else record
+
+
+@overload
+def require_api_key(view: F, /) -> F: ...
+@overload
+def require_api_key(*, scopes: Iterable[str] = ()) -> Callable[[F], F]: ...
+
+
+def require_api_key(view: Any = None, /, *, scopes: Iterable[str] = ()) -> Any:
+    """Require a valid API key (header ``APIGUARD_API_KEY_HEADER``) holding all ``scopes``.
+
+    Stacked with ``@require_jwt``, either credential is accepted.
+    """
+    wanted = frozenset(_names("require_api_key", scopes))
+
+    def record(target: F) -> F:
+        policy = _policy_of(target)
+        policy.methods.add("api_key")
+        policy.api_key_scopes |= wanted
+        _check(policy, target)
+        return target
+
+    return record(view) if view is not None else record
+
+
+def roles(*names: str, require: str = "any") -> Callable[[F], F]:
+    """Require any (or with ``require="all"``, all) of the role ``names``; implies authentication."""
+    if require not in ("any", "all"):
+        raise TypeError(f'@roles(require=...) must be "any" or "all", not {require!r}.')
+    wanted = frozenset(_names("roles", names))
+    if not wanted:
+        raise TypeError("@roles needs at least one role name.")
+
+    def record(target: F) -> F:
+        policy = _policy_of(target)
+        policy.role_rules.append((wanted, require))
+        _check(policy, target)
+        return target
+
+    return record
+
+
+def scopes(*names: str) -> Callable[[F], F]:
+    """Require all the scope ``names`` (API key scopes or the JWT ``scope`` claim)."""
+    wanted = frozenset(_names("scopes", names))
+    if not wanted:
+        raise TypeError("@scopes needs at least one scope name.")
+
+    def record(target: F) -> F:
+        policy = _policy_of(target)
+        policy.scope_rules.append(wanted)
+        _check(policy, target)
+        return target
+
+    return record
+
+
+def rate_limit(
+    limit: str,
+    key: str | Callable[[], str] = "auto",
+    count: str = "all",
+    scope: str | None = None,
+    cost: int = 1,
+) -> Callable[[F], F]:
+    """Limit how often the view may be called. Stackable.
+
+    :param limit: ``"10/minute"``, ``"5 per 15 minutes"``, or several joined by ``;``.
+    :param key: ``"auto"`` (the subject when authenticated, else the client IP), ``"ip"``,
+        ``"user"``, ``"api_key"`` or a zero-argument callable returning a string.
+    :param count: ``"all"``, or ``"failures"`` to count only responses with status >= 400.
+    :param scope: a name that shares one counter between every view that uses it.
+    :param cost: how much one request uses up.
+    """
+    from .config import check_limit_string
+
+    check_limit_string(limit, f"@rate_limit({limit!r})")
+    if not (callable(key) or key in KEY_KINDS):
+        raise ApiGuardConfigError(
+            f"@rate_limit(key={key!r}): use one of {', '.join(KEY_KINDS)} or a callable."
+        )
+    if count not in ("all", "failures"):
+        raise ApiGuardConfigError(f'@rate_limit(count={count!r}): use "all" or "failures".')
+    if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
+        raise ApiGuardConfigError(f"@rate_limit(cost={cost!r}): use a whole number >= 1.")
+    if scope is not None and (not isinstance(scope, str) or not scope or "/" in scope):
+        raise ApiGuardConfigError(
+            f"@rate_limit(scope={scope!r}): use a non-empty name without '/'."
+        )
+    spec = RateLimitSpec(limit, tuple(parse_many(limit)), key, count, scope, cost)
+
+    def record(target: F) -> F:
+        policy = _policy_of(target)
+        policy.rate_limits.append(spec)
+        return target
+
+    return record
+
+
+def rate_limit_exempt(view: F) -> F:
+    """Exempt ``view`` from every rate limit, the default one included."""
+    _policy_of(view).rate_limit_exempt = True
+    return view
+
+
+def validate(
+    schema: Any, location: str = "json", arg_name: str | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Load and validate request data with a marshmallow schema before the view runs.
+
+    :param schema: a ``Schema`` class, a ``Schema`` instance or a dict of fields (the schema is
+        built once, here).
+    :param location: ``json``, ``query``, ``form``, ``headers`` or ``path``.
+    :param arg_name: the keyword the loaded data is passed as (default ``<location>_data``).
+
+    Unknown fields are refused in every location but ``headers`` (a schema's own
+    ``Meta.unknown`` wins). Failures answer 400 ``validation_error`` with ``errors`` per field.
+    """
+    from .layers.validation import build_schema
+
+    if location not in LOCATIONS:
+        raise TypeError(f"@validate(location={location!r}): use one of {', '.join(LOCATIONS)}.")
+    name = arg_name or f"{location}_data"
+    if not name.isidentifier():
+        raise TypeError(f"@validate(arg_name={name!r}) must be a valid Python identifier.")
+    built, list_fields = build_schema(schema, location)
+    spec = ValidationSpec(location, built, name, list_fields)
+
+    def decorate(view: Callable[P, R]) -> Callable[P, R]:
+        if isinstance(view, type):
+            raise TypeError(
+                f"@validate applies to a view function or a MethodView method, not to the class "
+                f"{view.__qualname__}."
+            )
+        existing = getattr(view, POLICY_ATTR, None)
+        if existing is not None and location in existing.validations:
+            raise TypeError(f"{_name(view)}: @validate(location={location!r}) is declared twice.")
+
+        is_async = inspect.iscoroutinefunction(view)
+
+        @functools.wraps(view)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            loaded = getattr(g.get(G_ATTR), "validated", None)
+            if loaded is None or name not in loaded:
+                raise RuntimeError(
+                    f"{_name(view)} is decorated with @validate but ApiGuard did not run for "
+                    "this request. Create ApiGuard(app) (or call init_app) for this app."
+                )
+            kwargs[name] = loaded[name]
+            if is_async:
+                return current_app.ensure_sync(view)(*args, **kwargs)  # type: ignore[no-any-return]
+            return view(*args, **kwargs)
+
+        # functools.wraps shares the wrapped view's policy object; give the wrapper its own
+        # copy so that the inner function, if registered elsewhere, is not affected.
+        policy = existing.copy() if existing is not None else Policy()
+        policy.validations[location] = spec
+        setattr(wrapper, POLICY_ATTR, policy)
+        return wrapper
+
+    return decorate
+
+
+def _names(decorator: str, names: Iterable[str]) -> list[str]:
+    if isinstance(names, str):
+        names = [names]
+    out = list(names)
+    for item in out:
+        if not isinstance(item, str) or not item:
+            raise TypeError(f"@{decorator}: every name must be a non-empty string, got {item!r}.")
+    return out
+
+
+# -- resolving the policy of a request --------------------------------------------------------
+
+def declared_policy(view_func: Callable[..., Any], method: str) -> Policy:
+    """Merge what the class, the view function and the handling method declared.
+
+    ``view_func`` is the function Flask routes to (``app.view_functions[endpoint]``).
+    """
+    policy = Policy()
+    view_class = getattr(view_func, "view_class", None)
+    if view_class is not None:
+        class_policy = get_policy(view_class)
+        if class_policy is not None:
+            policy = policy.merge(class_policy)
+    own = get_policy(view_func)
+    if own is not None:
+        policy = policy.merge(own)
+    if view_class is not None:
+        handler = _handler_of(view_class, method)
+        handler_policy = get_policy(handler) if handler is not None else None
+        if handler_policy is not None:
+            policy = policy.merge(handler_policy)
+    return policy
+
+
+def _handler_of(view_class: type, method: str) -> Any:
+    """The method of a ``View`` class that serves ``method`` (MethodView maps verbs)."""
+    from flask.views import MethodView
+
+    if issubclass(view_class, MethodView):
+        handler = getattr(view_class, method.lower(), None)
+        if handler is None and method == "HEAD":
+            handler = getattr(view_class, "get", None)
+        return handler
+    return getattr(view_class, "dispatch_request", None)
+
+
+def view_methods(view_func: Callable[..., Any]) -> Mapping[str, Policy]:
+    """For the ``routes`` audit: the declared policy per handled method of a view class."""
+    view_class = getattr(view_func, "view_class", None)
+    methods = getattr(view_class, "methods", None) or ()
+    return {m: declared_policy(view_func, m) for m in sorted(methods)}

@@ -1,0 +1,261 @@
+"""One Redis round trip per request: auth-failure check, revocation and rate limits in one script.
+
+The script is composed at start-up from :mod:`limits`' own Lua scripts (the very code its
+Redis storage runs for each strategy), each wrapped as a local function, plus a few lines that
+run them in the pipeline's order:
+
+1. the auth-failure counters of the client IP are *tested*; if exhausted, stop (throttled);
+2. if the credentials were found invalid, count a failure and stop;
+3. if the token's ``jti`` is on the denylist, count a failure and stop (revoked);
+4. with several limits, test them all first: a request one limit refuses uses up none of the
+   others; then consume each (or only test it, for ``count="failures"``) and read each window
+   for the ``RateLimit-*`` headers.
+
+Keys are named exactly as limits' Redis storage names them, so the counters are the same ones
+limits' strategies read (``tests/test_redis_gate.py`` checks both ways). Redis Cluster cannot
+run one script over keys of different slots, so ``redis+cluster://`` uses the sequential
+backend (a few round trips).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from limits.storage import RedisClusterStorage, RedisStorage, Storage
+from limits.util import get_package_data
+
+from .storage import (
+    REVOKED_PREFIX,
+    Backend,
+    LimitProbe,
+    Verdict,
+    WindowState,
+    refusal,
+    sliding_window_state,
+)
+
+_LUA_DIR = "resources/redis/lua_scripts"
+_SCRIPTS = {
+    "sliding-window-counter": ("acquire_sliding_window", "sliding_window"),
+    "fixed-window": ("incr_expire", None),
+    "moving-window": ("acquire_moving_window", "moving_window"),
+}
+
+_MAIN = r"""
+-- ARGV: now, nfail, auth_failed, has_jti, nlimits, want_window, then 4 per probe
+-- (amount, expiry, cost, hit); KEYS: the probes' keys in order, then the revocation key.
+local now = tonumber(ARGV[1])
+local nfail = tonumber(ARGV[2])
+local auth_failed = ARGV[3] == "1"
+local has_jti = ARGV[4] == "1"
+local nlimits = tonumber(ARGV[5])
+local want_window = ARGV[6] == "1"
+local k = 1
+local a = 7
+local fail_probes = {}
+for i = 1, nfail do
+  fail_probes[i] = {k, tonumber(ARGV[a]), tonumber(ARGV[a + 1])}
+  k = k + KPP
+  a = a + 4
+end
+local limit_probes = {}
+for i = 1, nlimits do
+  limit_probes[i] = {k, tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]),
+                     ARGV[a + 3] == "1"}
+  k = k + KPP
+  a = a + 4
+end
+local revoked_key = KEYS[k]
+
+for i = 1, nfail do
+  local p = fail_probes[i]
+  if not test(p[1], p[2], p[3], 1, now) then
+    return {1, i, window(p[1], p[2], p[3], now)}
+  end
+end
+if auth_failed then
+  for i = 1, nfail do
+    local p = fail_probes[i]
+    hit(p[1], p[2], p[3], 1, now)
+  end
+  return {2}
+end
+if has_jti and redis.call('exists', revoked_key) == 1 then
+  for i = 1, nfail do
+    local p = fail_probes[i]
+    hit(p[1], p[2], p[3], 1, now)
+  end
+  return {3}
+end
+local function refused(i)
+  local all = {}
+  for j = 1, nlimits do
+    local q = limit_probes[j]
+    all[j] = window(q[1], q[2], q[3], now)
+  end
+  return {4, i, all}
+end
+-- all or nothing: a request one limit refuses uses up none of the others
+if nlimits > 1 then
+  for i = 1, nlimits do
+    local p = limit_probes[i]
+    if not test(p[1], p[2], p[3], p[4], now) then
+      return refused(i)
+    end
+  end
+end
+local windows = {}
+for i = 1, nlimits do
+  local p = limit_probes[i]
+  local allowed
+  if p[5] then
+    allowed = hit(p[1], p[2], p[3], p[4], now)
+  else
+    allowed = nlimits > 1 or test(p[1], p[2], p[3], p[4], now)
+  end
+  if not allowed then
+    return refused(i)
+  end
+  if want_window then
+    windows[#windows + 1] = window(p[1], p[2], p[3], now)
+  end
+end
+return {0, 0, windows}
+"""
+
+_SLIDING = r"""
+local KPP = 2
+local function hit(k, amount, expiry, cost, now)
+  return acquire_sliding_window({KEYS[k], KEYS[k + 1]}, {amount, expiry, cost}) == true
+end
+local function window(k, amount, expiry, now)
+  local w = sliding_window({KEYS[k], KEYS[k + 1]}, {expiry})
+  return {tonumber(w[1]) or 0, tonumber(w[2]) or 0, tonumber(w[3]) or 0, tonumber(w[4]) or 0}
+end
+local function test(k, amount, expiry, cost, now)
+  local w = window(k, amount, expiry, now)
+  local previous_ttl = math.max(0, w[2]) / 1000
+  local weighted = w[1] * previous_ttl / expiry + w[3]
+  return weighted < amount - cost + 1
+end
+"""
+
+_FIXED = r"""
+local KPP = 1
+local function hit(k, amount, expiry, cost, now)
+  return tonumber(incr_expire({KEYS[k]}, {expiry, cost})) <= amount
+end
+local function window(k, amount, expiry, now)
+  return {tonumber(redis.call('get', KEYS[k])) or 0, redis.call('ttl', KEYS[k])}
+end
+local function test(k, amount, expiry, cost, now)
+  return (tonumber(redis.call('get', KEYS[k])) or 0) < amount - cost + 1
+end
+"""
+
+_MOVING = r"""
+local KPP = 1
+local function hit(k, amount, expiry, cost, now)
+  return acquire_moving_window({KEYS[k]}, {now, amount, expiry, cost}) == true
+end
+local function window(k, amount, expiry, now)
+  local w = moving_window({KEYS[k]}, {now - expiry, amount})
+  if w then
+    return {w[1], tonumber(w[2])}
+  end
+  return {tostring(now), 0}
+end
+local function test(k, amount, expiry, cost, now)
+  local w = window(k, amount, expiry, now)
+  return w[2] <= amount - cost
+end
+"""
+
+_HELPERS = {"sliding-window-counter": _SLIDING, "fixed-window": _FIXED, "moving-window": _MOVING}
+
+
+def _wrap(name: str) -> str:
+    body = get_package_data(f"{_LUA_DIR}/{name}.lua").decode("utf-8")
+    return f"local function {name}(KEYS, ARGV)\n{body}\nend\n"
+
+
+def compose(strategy: str) -> str:
+    """The Lua source of the gate for ``strategy``."""
+    acquire, read = _SCRIPTS[strategy]
+    parts = [_wrap(acquire)]
+    if read is not None:
+        parts.append(_wrap(read))
+    parts.append(_HELPERS[strategy])
+    parts.append(_MAIN)
+    return "\n".join(parts)
+
+
+def supports_scripts(storage: Storage) -> bool:
+    """True for plain and Sentinel Redis storages (a Cluster splits keys across nodes)."""
+    return isinstance(storage, RedisStorage) and not isinstance(storage, RedisClusterStorage)
+
+
+class RedisScriptBackend(Backend):
+    """The :class:`~flask_apiguard.storage.Backend` whose :meth:`admit` is one EVALSHA."""
+
+    def __init__(self, storage: Storage, strategy: str, revocations: Any) -> None:
+        super().__init__(storage, strategy, revocations)
+        redis_storage: Any = storage
+        self.strategy = strategy
+        self.redis = redis_storage
+        self.script = redis_storage.get_connection().register_script(compose(strategy))
+
+    def _keys(self, probe: LimitProbe) -> list[str]:
+        storage = self.redis
+        if self.strategy == "sliding-window-counter":
+            return [storage.prefixed_key(storage._previous_window_key(probe.key)),
+                    storage.prefixed_key(storage._current_window_key(probe.key))]
+        return [storage.prefixed_key(probe.key)]
+
+    def _state(self, probe: LimitProbe, raw: Sequence[Any], now: float) -> WindowState:
+        amount, expiry = probe.item.amount, probe.item.get_expiry()
+        if self.strategy == "sliding-window-counter":
+            previous, previous_ttl, current, current_ttl = (float(v) for v in raw)
+            return sliding_window_state(amount, expiry, int(previous), max(0.0, previous_ttl) / 1000,
+                                        int(current), max(0.0, current_ttl) / 1000, probe.key)
+        if self.strategy == "fixed-window":
+            count, ttl = int(raw[0]), int(raw[1])
+            return WindowState(amount, max(0, amount - count), max(0, ttl), probe.key)
+        start, count = float(raw[0]), int(raw[1])
+        reset_in = max(0, math.ceil(start + expiry - now - 0.001))
+        return WindowState(amount, max(0, amount - count), reset_in, probe.key)
+
+    def admit(self, failure: Sequence[LimitProbe], auth_failed: bool, jti: str | None,
+              limits: Sequence[LimitProbe], want_window: bool) -> Verdict:
+        now = time.time()
+        keys: list[str] = []
+        args: list[Any] = [repr(now), len(failure), int(auth_failed), int(jti is not None),
+                           len(limits), int(want_window)]
+        for probe in failure:
+            keys.extend(self._keys(probe))
+            args.extend((probe.item.amount, probe.item.get_expiry(), 1, 1))
+        for probe in limits:
+            keys.extend(self._keys(probe))
+            args.extend((probe.item.amount, probe.item.get_expiry(), probe.cost, int(probe.hit)))
+        keys.append(REVOKED_PREFIX + (jti or ""))
+        result = self.script(keys=keys, args=args)
+        code = int(result[0])
+        if code == 1:
+            state = self._state(failure[int(result[1]) - 1], result[2], now)
+            return Verdict(throttled=True, retry_after=max(1, state.reset_in))
+        if code == 2:
+            return Verdict()
+        if code == 3:
+            return Verdict(revoked=True)
+        if code == 4:
+            states = [(p, self._state(p, raw, now)) for p, raw in zip(limits, result[2], strict=True)]
+            return refusal(limits[int(result[1]) - 1], states)
+        best: WindowState | None = None
+        for probe, raw in zip(limits, result[2], strict=True):
+            state = self._state(probe, raw, now)
+            if best is None or (state.remaining, state.reset_in) < (best.remaining, best.reset_in):
+                best = state
+        return Verdict(window=best)

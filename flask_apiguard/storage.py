@@ -1,0 +1,436 @@
+"""The shared state behind rate limits, token revocation and auth-failure counters.
+
+Counters live in a :mod:`limits` storage (``memory://`` or Redis in its four URI forms) and are
+counted by a :mod:`limits` strategy, exactly as flask-limiter counts them. The pipeline asks
+one question per request, :meth:`SharedState.admit`, which answers everything the shared state
+knows about that request: is the client throttled for failed logins, is the token revoked, is
+a rate limit exceeded. With plain or Sentinel Redis the question is one round trip (a Lua
+script, see :mod:`flask_apiguard.redis_gate`); otherwise it is a few storage calls.
+
+When the storage cannot be reached the configured policy applies
+(``APIGUARD_RATELIMIT_ON_STORAGE_ERROR``): ``fallback`` counts in this process's memory,
+``open`` lets requests through, ``closed`` answers 503. Revocation always fails closed. While
+the storage is down it is not called on every request: it is retried after 1, 2 and then
+every 4 seconds, and the switch in both directions is logged.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from limits import RateLimitItem
+from limits.errors import StorageError
+from limits.storage import MemoryStorage, Storage, storage_from_string
+
+from .errors import ApiGuardConfigError, ServiceUnavailable
+
+log = logging.getLogger("flask_apiguard")
+
+REVOKED_PREFIX = "apiguard:revoked:"
+_RETRY_STEPS = (1.0, 2.0, 4.0)
+#: Redis client options applied unless APIGUARD_STORAGE_OPTIONS says otherwise: a request must
+#: never hang on a dead Redis.
+REDIS_DEFAULTS: dict[str, Any] = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+
+
+@functools.lru_cache(maxsize=16384)
+def storage_key(item: RateLimitItem, identifiers: tuple[str, ...]) -> str:
+    """The storage key :mod:`limits` uses for ``item`` and ``identifiers`` (``key_for``)."""
+    return item.key_for(*identifiers)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitProbe:
+    """One limit to check for one request: ``hit`` consumes, otherwise only tests."""
+
+    item: RateLimitItem
+    identifiers: tuple[str, ...]
+    cost: int = 1
+    hit: bool = True
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", storage_key(self.item, self.identifiers))
+
+
+@dataclass(frozen=True, slots=True)
+class WindowState:
+    """What the ``RateLimit-*`` headers report: the limit, what is left, seconds to reset,
+    and the storage key of the counter it describes."""
+
+    limit: int
+    remaining: int
+    reset_in: int
+    key: str = ""
+
+
+def refusal(breached: LimitProbe, states: Sequence[tuple[LimitProbe, WindowState]]) -> Verdict:
+    """The verdict for a request refused by ``breached``: ``Retry-After`` is the longest wait
+    among every limit that is spent, so that a retry after it can succeed."""
+    retry = 1
+    limit = breached.item.amount
+    for probe, state in states:
+        if probe is breached or state.remaining < probe.cost:
+            retry = max(retry, state.reset_in)
+    return Verdict(breached=breached, window=WindowState(limit, 0, retry, breached.key),
+                   retry_after=retry)
+
+
+@dataclass(slots=True)
+class Verdict:
+    """The shared state's answer for one request (see :meth:`SharedState.admit`)."""
+
+    throttled: bool = False
+    revoked: bool = False
+    breached: LimitProbe | None = None
+    window: WindowState | None = None
+    retry_after: int = 0
+    degraded: bool = False
+    probes: Sequence[LimitProbe] = field(default_factory=tuple)
+
+
+class LocalStorage(MemoryStorage):
+    """limits' :class:`~limits.storage.MemoryStorage`, counting exactly as it does, but
+    sweeping expired keys inline at most every few seconds instead of starting a timer thread
+    every 10 ms (which cost more than the rest of the pipeline). Keys that are read are still
+    expired on read, as in the parent class."""
+
+    SWEEP_EVERY = 5.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timer.cancel()
+        self._next_sweep = time.monotonic() + self.SWEEP_EVERY
+
+    def _MemoryStorage__schedule_expiry(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.SWEEP_EVERY
+            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+
+
+class Counter:
+    """How one :mod:`limits` strategy counts, calling the storage directly.
+
+    These are the strategies' own operations (``hit``, ``test``, ``get_window_stats`` of
+    :mod:`limits.strategies`) on the storage's public methods, minus the per-call key building
+    and casts of the strategy objects, which cost more than the counting itself on the memory
+    storage. ``tests/test_storage.py`` checks them against the strategy objects step by step.
+    """
+
+    def __init__(self, storage: Storage, strategy: str) -> None:
+        self.storage: Any = storage
+        self.strategy = strategy
+        if strategy not in ("sliding-window-counter", "fixed-window", "moving-window"):
+            raise ApiGuardConfigError(f"APIGUARD_RATELIMIT_STRATEGY: {strategy!r} is not supported.")
+
+    def hit(self, probe: LimitProbe) -> bool:
+        item, storage = probe.item, self.storage
+        if self.strategy == "sliding-window-counter":
+            return bool(storage.acquire_sliding_window_entry(probe.key, item.amount,
+                                                             item.get_expiry(), probe.cost))
+        if self.strategy == "fixed-window":
+            return bool(storage.incr(probe.key, item.get_expiry(), amount=probe.cost) <= item.amount)
+        return bool(storage.acquire_entry(probe.key, item.amount, item.get_expiry(), amount=probe.cost))
+
+    def test(self, probe: LimitProbe) -> bool:
+        item, storage = probe.item, self.storage
+        if self.strategy == "sliding-window-counter":
+            expiry = item.get_expiry()
+            previous, previous_ttl, current, _ = storage.get_sliding_window(probe.key, expiry)
+            weighted = previous * previous_ttl / expiry + current
+            return bool(weighted < item.amount - probe.cost + 1)
+        if self.strategy == "fixed-window":
+            return bool(storage.get(probe.key) < item.amount - probe.cost + 1)
+        _, count = storage.get_moving_window(probe.key, item.amount, item.get_expiry())
+        return bool(count <= item.amount - probe.cost)
+
+    def window(self, probe: LimitProbe, now: float) -> WindowState:
+        item, storage = probe.item, self.storage
+        expiry = item.get_expiry()
+        if self.strategy == "sliding-window-counter":
+            previous, previous_ttl, current, current_ttl = storage.get_sliding_window(probe.key, expiry)
+            return sliding_window_state(item.amount, expiry, previous, previous_ttl, current,
+                                        current_ttl, probe.key)
+        if self.strategy == "fixed-window":
+            remaining = max(0, item.amount - storage.get(probe.key))
+            reset = storage.get_expiry(probe.key)
+        else:
+            start, count = storage.get_moving_window(probe.key, item.amount, expiry)
+            remaining, reset = item.amount - count, start + expiry - 0.001
+        return WindowState(item.amount, max(0, int(remaining)), max(0, math.ceil(reset - now)),
+                           probe.key)
+
+
+def sliding_window_state(amount: int, expiry: float, previous: int, previous_ttl: float,
+                         current: int, current_ttl: float, key: str = "") -> WindowState:
+    """The figures ``SlidingWindowCounterRateLimiter.get_window_stats`` gives, as a state."""
+    weighted = previous * previous_ttl / expiry + current
+    remaining = max(0, amount - math.floor(weighted))
+    if not (previous or current):
+        return WindowState(amount, remaining, 0, key)
+    previous_reset_in = previous_ttl % (expiry / previous) if previous else math.inf
+    current_reset_in = current_ttl % expiry if current else math.inf
+    reset_in = max(0, math.ceil(min(previous_reset_in, current_reset_in)))
+    return WindowState(amount, remaining, reset_in, key)
+
+
+class Backend:
+    """Sequential evaluation on any :mod:`limits` storage (a few calls per request)."""
+
+    def __init__(self, storage: Storage, strategy: str, revocations: Any) -> None:
+        self.storage = storage
+        self.counter = Counter(storage, strategy)
+        self.revocations = revocations
+
+    def admit(self, failure: Sequence[LimitProbe], auth_failed: bool, jti: str | None,
+              limits: Sequence[LimitProbe], want_window: bool) -> Verdict:
+        counter = self.counter
+        for probe in failure:
+            if not counter.test(probe):
+                state = counter.window(probe, time.time())
+                return Verdict(throttled=True, retry_after=max(1, state.reset_in))
+        if auth_failed:
+            self.count_failure(failure)
+            return Verdict()
+        if jti is not None and self.revocations.contains(jti):
+            self.count_failure(failure)
+            return Verdict(revoked=True)
+        best: WindowState | None = None
+        several = len(limits) > 1
+        if several:  # all or nothing: a request one limit refuses uses up none of the others
+            for probe in limits:
+                if not counter.test(probe):
+                    now = time.time()
+                    return refusal(probe, [(p, counter.window(p, now)) for p in limits])
+        for probe in limits:
+            if probe.hit:
+                allowed = counter.hit(probe)
+            else:
+                allowed = several or counter.test(probe)
+            if not allowed:
+                now = time.time()
+                return refusal(probe, [(p, counter.window(p, now)) for p in limits])
+            if want_window:
+                state = counter.window(probe, time.time())
+                if best is None or (state.remaining, state.reset_in) < (best.remaining, best.reset_in):
+                    best = state
+        return Verdict(window=best)
+
+    def count_failure(self, failure: Sequence[LimitProbe]) -> None:
+        for probe in failure:
+            self.counter.hit(probe)
+
+    def hit(self, probes: Sequence[LimitProbe]) -> None:
+        for probe in probes:
+            self.counter.hit(probe)
+
+    def revoke(self, jti: str, ttl: int) -> None:
+        self.revocations.add(jti, ttl)
+
+    def ping(self) -> bool:
+        return bool(self.storage.check())
+
+
+class MemoryRevocations:
+    """Revoked ``jti`` values of this process, each forgotten when its token expires."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def contains(self, jti: str) -> bool:
+        until = self._entries.get(jti)
+        return until is not None and until > time.time()
+
+    def add(self, jti: str, ttl: int) -> None:
+        now = time.time()
+        with self._lock:
+            self._entries[jti] = now + ttl
+            if len(self._entries) % 1024 == 0:
+                for key in [k for k, until in self._entries.items() if until <= now]:
+                    del self._entries[key]
+
+
+class RedisRevocations:
+    """Revoked ``jti`` values as Redis keys ``apiguard:revoked:<jti>`` that expire with the token."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def contains(self, jti: str) -> bool:
+        return bool(self.client.exists(REVOKED_PREFIX + jti))
+
+    def add(self, jti: str, ttl: int) -> None:
+        self.client.set(REVOKED_PREFIX + jti, "1", ex=max(1, ttl))
+
+
+def _scheme(uri: str) -> str:
+    return uri.split("://", 1)[0].lower()
+
+
+def redis_client_defaults(scheme: str = "redis") -> dict[str, Any]:
+    """Client options that keep a dead Redis from holding a request: short socket timeouts
+    and no client-side retries (the fault policy decides what happens instead)."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    options: dict[str, Any] = dict(REDIS_DEFAULTS)
+    if scheme != "redis+cluster":
+        options["retry"] = Retry(NoBackoff(), 0)
+    if scheme == "redis+sentinel":
+        options["sentinel_kwargs"] = dict(options)
+    return options
+
+
+class SharedState:
+    """The per-app shared state with its fault policy. See the module docstring."""
+
+    def __init__(self, uri: str, options: dict[str, Any], strategy: str, on_error: str) -> None:
+        self.uri = uri
+        self.on_error = on_error
+        self.strategy = strategy
+        scheme = _scheme(uri)
+        self.is_memory = scheme == "memory"
+        self.storage_options = dict(options)
+        errors: list[type[BaseException]] = [StorageError, OSError]
+        if not self.is_memory:
+            try:
+                import redis
+            except ImportError:
+                raise ApiGuardConfigError(
+                    f"APIGUARD_STORAGE_URI: {scheme}:// needs the redis package: "
+                    'pip install "flask-apiguard[redis]".'
+                ) from None
+            for name, value in redis_client_defaults(scheme).items():
+                self.storage_options.setdefault(name, value)
+            errors += [redis.RedisError, redis.exceptions.RedisClusterException]
+        self.errors: tuple[type[BaseException], ...] = tuple(errors)
+        self.fallback = Backend(LocalStorage(), strategy, None)
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+        self._failures = 0
+        self._lock = threading.Lock()
+        self._primary: Backend | None = None
+        try:
+            self._primary = self._connect()
+        except self.errors as exc:  # e.g. a Redis Cluster client connects when created
+            self._mark_down(exc)
+
+    def _connect(self) -> Backend:
+        """Build the storage, its revocation list and the backend that serves requests."""
+        from limits.errors import ConfigurationError
+
+        from .redis_gate import RedisScriptBackend, supports_scripts
+
+        if self.is_memory:
+            return Backend(LocalStorage(), self.strategy, MemoryRevocations())
+        try:
+            storage = cast(Storage, storage_from_string(self.uri, **self.storage_options))
+        except (ConfigurationError, TypeError, ValueError) as exc:
+            raise ApiGuardConfigError(
+                f"APIGUARD_STORAGE_URI / APIGUARD_STORAGE_OPTIONS: {self.uri.split('://', 1)[0]}:// "
+                f"cannot be used as given ({type(exc).__name__}: {exc})."
+            ) from None
+        revocations = RedisRevocations(cast(Any, storage).get_connection())
+        if supports_scripts(storage):
+            return RedisScriptBackend(storage, self.strategy, revocations)
+        return Backend(storage, self.strategy, revocations)
+
+    @property
+    def primary(self) -> Backend:
+        """The backend on the configured storage (connecting now if it was down at start-up)."""
+        if self._primary is None:
+            self._primary = self._connect()
+        return self._primary
+
+    # -- health -------------------------------------------------------------------------------
+    @property
+    def is_down(self) -> bool:
+        return self._down_since is not None
+
+    def _usable(self) -> bool:
+        return self._down_since is None or time.monotonic() >= self._retry_at
+
+    def _mark_down(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                self._failures = 0
+                log.warning(
+                    "flask-apiguard: shared storage %s is unreachable (%s); applying "
+                    "APIGUARD_RATELIMIT_ON_STORAGE_ERROR=%r until it returns.",
+                    self.uri.split("@")[-1], type(exc).__name__, self.on_error,
+                )
+            step = _RETRY_STEPS[min(self._failures, len(_RETRY_STEPS) - 1)]
+            self._failures += 1
+            self._retry_at = time.monotonic() + step
+
+    def _mark_up(self) -> None:
+        with self._lock:
+            if self._down_since is not None:
+                log.warning(
+                    "flask-apiguard: shared storage %s is reachable again after %.1f s.",
+                    self.uri.split("@")[-1], time.monotonic() - self._down_since,
+                )
+                self._down_since = None
+                self._failures = 0
+
+    # -- the per-request question -------------------------------------------------------------
+    def admit(self, failure: Sequence[LimitProbe], auth_failed: bool, jti: str | None,
+              limits: Sequence[LimitProbe], want_window: bool) -> Verdict:
+        """In this order: is the client throttled for failed authentications (then nothing
+        else is looked at); count this request's failed authentication (``auth_failed``); is
+        ``jti`` revoked (counted as a failure too); then consume ``limits`` in order, stopping
+        at the first exceeded one. ``want_window`` asks for the ``RateLimit-*`` figures."""
+        if self._usable():
+            try:
+                verdict = self.primary.admit(failure, auth_failed, jti, limits, want_window)
+            except self.errors as exc:
+                self._mark_down(exc)
+            else:
+                if self._down_since is not None:
+                    self._mark_up()
+                return verdict
+        if jti is not None:
+            raise ServiceUnavailable("The token revocation list cannot be checked right now.")
+        if self.on_error == "closed":
+            raise ServiceUnavailable("Rate limiting is unavailable right now.")
+        if self.on_error == "open":
+            return Verdict(degraded=True)
+        verdict = self.fallback.admit(failure, auth_failed, None, limits, want_window)
+        verdict.degraded = True
+        return verdict
+
+    def hit(self, probes: Sequence[LimitProbe]) -> None:
+        """Consume ``probes`` after the response (``count="failures"``)."""
+        if self._usable():
+            try:
+                self.primary.hit(probes)
+            except self.errors as exc:
+                self._mark_down(exc)
+            else:
+                return
+        if self.on_error == "fallback":
+            self.fallback.hit(probes)
+
+    def revoke(self, jti: str, ttl: int) -> None:
+        try:
+            self.primary.revoke(jti, ttl)
+        except self.errors as exc:
+            self._mark_down(exc)
+            raise ServiceUnavailable("The token could not be revoked: storage is unavailable.") from None
+
+    def ping(self) -> bool:
+        try:
+            return self.primary.ping()
+        except self.errors:
+            return False

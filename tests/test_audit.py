@@ -1,0 +1,252 @@
+"""``flask_apiguard.audit.findings`` on live configurations, and the start-up warnings."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from flask import Flask
+
+from flask_apiguard import ApiGuard
+from flask_apiguard.audit import Finding, findings
+
+from .conftest import SECRET, bearer, token_for
+
+ENVIRONMENT = ("FLASK_DEBUG", "SERVER_SOFTWARE", "WEB_CONCURRENCY", "DYNO", "K_SERVICE",
+               "FLY_APP_NAME", "RENDER", "RAILWAY_ENVIRONMENT", "WEBSITE_SITE_NAME")
+#: Nothing for the audit to say about this configuration.
+HARDENED = {"APIGUARD_API_KEY_STORE": "sqlite:///keys.sqlite3",
+            "APIGUARD_TRUSTED_HOSTS": ["localhost"]}
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+
+
+def audit(app: Flask) -> list[Finding]:
+    return findings(app, app.extensions["apiguard"])
+
+
+def by_id(app: Flask) -> dict[str, Finding]:
+    return {f.id: f for f in audit(app)}
+
+
+def hardened(make_app: Any, **config: Any) -> Flask:
+    app: Flask = make_app(**{**HARDENED, **config})
+    return app
+
+
+def test_hardened_config_has_no_findings(make_app: Any) -> None:
+    assert audit(hardened(make_app)) == []
+
+
+def test_finding_is_a_small_record(make_app: Any) -> None:
+    [finding] = audit(hardened(make_app, APIGUARD_CSP=None))
+    assert finding.to_dict() == {"id": "csp-off", "severity": "medium", "key": "APIGUARD_CSP",
+                                 "message": finding.message}
+    assert finding.message.endswith(".")
+
+
+@pytest.mark.parametrize(("finding_id", "severity", "key", "config"), [
+    ("jwt-secret-short", "low", "APIGUARD_JWT_SECRET", {"APIGUARD_JWT_SECRET": SECRET[:32]}),
+    ("jwt-secret-guessable", "high", "APIGUARD_JWT_SECRET",
+     {"APIGUARD_JWT_SECRET": "Xy9!" + "password" * 4 + "Qz7#"}),
+    ("jwt-secret-reused", "high", "APIGUARD_JWT_SECRET", {"SECRET_KEY": SECRET.encode()}),
+    ("cors-unescaped-dot", "medium", "APIGUARD_CORS_ORIGINS",
+     {"APIGUARD_CORS_ORIGINS": ["re:https://app.example\\.com"]}),
+    ("cors-pattern-too-wide", "medium", "APIGUARD_CORS_ORIGINS",
+     {"APIGUARD_CORS_ORIGINS": ["re:https://.*"]}),
+    ("revocation-in-memory", "medium", "APIGUARD_STORAGE_URI", {"APIGUARD_JWT_REVOCATION": True}),
+    ("no-auth-failure-limit", "medium", "APIGUARD_AUTH_FAILURE_LIMIT",
+     {"APIGUARD_AUTH_FAILURE_LIMIT": None}),
+    ("no-body-limit", "medium", "APIGUARD_MAX_CONTENT_LENGTH",
+     {"APIGUARD_MAX_CONTENT_LENGTH": None}),
+    ("csp-off", "medium", "APIGUARD_CSP", {"APIGUARD_CSP": None}),
+    ("trace-allowed", "medium", "APIGUARD_ALLOWED_METHODS",
+     {"APIGUARD_ALLOWED_METHODS": ["GET", "POST", "TRACE"]}),
+    ("large-leeway", "medium", "APIGUARD_JWT_LEEWAY", {"APIGUARD_JWT_LEEWAY": 3600}),
+    ("long-tokens", "medium", "APIGUARD_JWT_EXPIRES_IN", {"APIGUARD_JWT_EXPIRES_IN": 7 * 86400}),
+    ("api-keys-in-memory", "medium", "APIGUARD_API_KEY_STORE",
+     {"APIGUARD_API_KEY_STORE": "memory://"}),
+    ("hosts-unchecked", "low", "APIGUARD_TRUSTED_HOSTS", {"APIGUARD_TRUSTED_HOSTS": None}),
+    ("request-id-trusted", "low", "APIGUARD_TRUST_REQUEST_ID",
+     {"APIGUARD_TRUST_REQUEST_ID": True}),
+    ("json-only-off", "low", "APIGUARD_JSON_ONLY", {"APIGUARD_JSON_ONLY": False}),
+    ("reject-operator-keys-off", "low", "APIGUARD_REJECT_OPERATOR_KEYS",
+     {"APIGUARD_REJECT_OPERATOR_KEYS": False}),
+    ("security-log-off", "low", "APIGUARD_SECURITY_LOG", {"APIGUARD_SECURITY_LOG": False}),
+    ("duplicate-params-allowed", "low", "APIGUARD_DUPLICATE_PARAMS",
+     {"APIGUARD_DUPLICATE_PARAMS": "allow"}),
+    ("cache-control-off", "low", "APIGUARD_CACHE_CONTROL", {"APIGUARD_CACHE_CONTROL": None}),
+])
+def test_one_setting_one_finding(make_app: Any, finding_id: str, severity: str, key: str,
+                                 config: dict[str, Any]) -> None:
+    [finding] = audit(hardened(make_app, **config))
+    assert (finding.id, finding.severity, finding.key) == (finding_id, severity, key)
+    assert finding.message
+
+
+@pytest.mark.parametrize(("finding_id", "config"), [
+    ("jwt-secret-guessable", {"APIGUARD_JWT_KEYS": {
+        "2026-01": "changeme-changeme-changeme-changeme", "2026-02": SECRET}}),
+    ("jwt-secret-reused", {"APIGUARD_JWT_KEYS": {"2026-01": SECRET}, "SECRET_KEY": SECRET}),
+])
+def test_hmac_keys_of_a_rotation_set_are_audited_like_the_secret(
+    make_app: Any, finding_id: str, config: dict[str, Any]
+) -> None:
+    app = hardened(make_app, APIGUARD_JWT_SECRET=None, **config)
+    assert app.test_client().get("/private", headers=bearer(token_for(app))).status_code == 200
+    found = by_id(app)
+    assert finding_id in found, "an HMAC key in APIGUARD_JWT_KEYS escapes the secret audit"
+    assert found[finding_id].severity == "high"
+
+
+@pytest.mark.parametrize("origin", [
+    "https://app.example.com", r"re:https://app\.example\.com",
+    r"re:https://[a-z0-9-]+\.example\.com", r"re:https://(www|app)\.example\.com",
+])
+def test_careful_cors_origins_are_not_findings(make_app: Any, origin: str) -> None:
+    assert audit(hardened(make_app, APIGUARD_CORS_ORIGINS=[origin])) == []
+
+
+def test_revocation_makes_long_tokens_acceptable(make_app: Any) -> None:
+    found = by_id(hardened(make_app, APIGUARD_JWT_EXPIRES_IN=7 * 86400,
+                           APIGUARD_JWT_REVOCATION=True))
+    assert set(found) == {"revocation-in-memory"}
+
+
+def test_public_key_algorithms_have_no_secret_findings(make_app: Any) -> None:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    public = private.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    app = hardened(make_app, APIGUARD_JWT_SECRET=None, APIGUARD_JWT_PRIVATE_KEY=pem,
+                   APIGUARD_JWT_PUBLIC_KEY=public, APIGUARD_JWT_ALGORITHMS=["RS256"],
+                   SECRET_KEY=SECRET)
+    assert audit(app) == []
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("WEB_CONCURRENCY", "4"), ("SERVER_SOFTWARE", "gunicorn/22.0.0"),
+])
+def test_several_workers(make_app: Any, monkeypatch: pytest.MonkeyPatch, variable: str,
+                         value: str) -> None:
+    app = hardened(make_app)
+    monkeypatch.setenv(variable, value)
+    [finding] = audit(app)
+    assert (finding.id, finding.severity) == ("memory-storage-several-workers", "medium")
+    revoking = hardened(make_app, APIGUARD_JWT_REVOCATION=True)
+    [finding] = audit(revoking)
+    assert (finding.id, finding.severity) == ("revocation-in-memory", "high")
+
+
+def test_one_web_worker_is_not_several(make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEB_CONCURRENCY", "1")
+    assert audit(hardened(make_app)) == []
+
+
+@pytest.mark.parametrize(("variable", "platform"), [
+    ("DYNO", "Heroku"), ("K_SERVICE", "Cloud Run"), ("FLY_APP_NAME", "Fly.io"),
+    ("RENDER", "Render"), ("RAILWAY_ENVIRONMENT", "Railway"),
+    ("WEBSITE_SITE_NAME", "Azure App Service"),
+])
+def test_proxy_platform_without_trusted_proxies(make_app: Any, monkeypatch: pytest.MonkeyPatch,
+                                                variable: str, platform: str) -> None:
+    monkeypatch.setenv(variable, "1")
+    [finding] = audit(hardened(make_app))
+    assert (finding.id, finding.severity, finding.key) == \
+        ("proxies-untrusted", "medium", "APIGUARD_TRUSTED_PROXIES")
+    assert platform in finding.message
+    assert audit(hardened(make_app, APIGUARD_TRUSTED_PROXIES=1)) == []
+
+
+def test_forwarded_requests_without_trusted_proxies(make_app: Any) -> None:
+    app = hardened(make_app)
+    client = app.test_client()
+    assert client.get("/health").status_code == 200
+    assert audit(app) == []
+    assert client.get("/health", headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 200
+    [finding] = audit(app)
+    assert finding.id == "proxies-untrusted" and "X-Forwarded-For" in finding.message
+
+
+def test_trusted_proxies_silence_forwarded_requests(make_app: Any) -> None:
+    app = hardened(make_app, APIGUARD_TRUSTED_PROXIES=1)
+    app.test_client().get("/health", headers={"X-Forwarded-For": "203.0.113.7"})
+    assert audit(app) == []
+
+
+def test_findings_are_ordered_most_serious_first(make_app: Any) -> None:
+    app = make_app(APIGUARD_DUPLICATE_PARAMS="allow", APIGUARD_CSP=None,
+                   APIGUARD_DEFAULT_DENY=False, APIGUARD_CACHE_CONTROL=None,
+                   APIGUARD_FORCE_HTTPS=False)
+    severities = [f.severity for f in audit(app)]
+    assert severities == sorted(severities, key=["high", "medium", "low"].index)
+    assert severities[:2] == ["high", "high"] and severities[-1] == "low"
+    assert {"https-off", "default-deny-off", "csp-off", "duplicate-params-allowed",
+            "cache-control-off", "hosts-unchecked"} <= set(by_id(app))
+
+
+def test_debug_at_audit_time(make_app: Any) -> None:
+    app = hardened(make_app)
+    app.debug = True
+    [finding] = audit(app)
+    assert (finding.id, finding.severity, finding.key) == ("debug-on", "high", "DEBUG")
+
+
+# -- start-up warnings -----------------------------------------------------------------------
+
+def startup_warnings(caplog: pytest.LogCaptureFixture, app_name: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == app_name and r.levelno == logging.WARNING
+            and "flask-apiguard check" in r.getMessage()]
+
+
+def test_startup_logs_each_high_and_medium_finding_once(
+    make_app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="apiguard_test")
+    app = make_app(APIGUARD_FORCE_HTTPS=False, APIGUARD_DEFAULT_DENY=False,
+                   APIGUARD_HSTS=None, APIGUARD_CACHE_CONTROL=None)
+    assert app.logger.name == "apiguard_test"
+    found = audit(app)
+    serious = [f for f in found if f.severity != "low"]
+    assert {f.id for f in serious} == {"https-off", "default-deny-off", "hsts-off",
+                                       "api-keys-in-memory"}
+    messages = startup_warnings(caplog, app.logger.name)
+    assert len(messages) == len(serious)
+    for finding in serious:
+        [message] = [m for m in messages if finding.message in m]
+        assert finding.key in message and finding.severity in message
+    for finding in found:
+        if finding.severity == "low":
+            assert not any(finding.message in m for m in messages)
+
+    client = app.test_client()
+    client.get("/health")
+    client.get("/private", headers=bearer(token_for(app)))
+    app.test_cli_runner().invoke(args=["apiguard", "routes"])
+    assert startup_warnings(caplog, app.logger.name) == messages
+
+
+def test_startup_warns_about_debug(make_app: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="apiguard_test")
+    app = make_app(init=False, **HARDENED)
+    app.debug = True
+    ApiGuard(app)
+    [message] = startup_warnings(caplog, app.logger.name)
+    assert "[high]" in message and "DEBUG" in message
+
+
+def test_hardened_startup_is_quiet(make_app: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    app = hardened(make_app, APIGUARD_JWT_SECRET=SECRET[:32], APIGUARD_TRUST_REQUEST_ID=True)
+    assert {f.severity for f in audit(app)} == {"low"}
+    assert startup_warnings(caplog, app.logger.name) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

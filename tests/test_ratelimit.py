@@ -1,0 +1,475 @@
+"""Step 9, rate limits, on memory storage: defaults, declared and stacked limits, keys,
+``count="failures"``, the ``RateLimit-*`` headers and the 429 answer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask import Flask, request
+from flask.testing import FlaskClient
+
+from flask_apiguard import (
+    ApiGuard,
+    ApiGuardConfigError,
+    current_identity,
+    public,
+    rate_limit,
+    rate_limit_exempt,
+    require_api_key,
+    roles,
+    signals,
+)
+
+from .conftest import bearer, problem, token_for
+
+STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
+RATELIMIT_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+IP_A = "203.0.113.10"
+IP_B = "203.0.113.20"
+
+
+def _tenant() -> str | None:
+    """A callable key: the tenant header (``None`` without it, ``""`` when it is empty)."""
+    return request.headers.get("X-Tenant")
+
+
+def build(make_app: Callable[..., Flask], **config: Any) -> Flask:
+    """An app with a view per rate-limit feature (default limit ``2/minute`` unless told)."""
+    config.setdefault("APIGUARD_RATELIMIT_DEFAULT", "2/minute")
+    app = make_app(init=False, **config)
+    seen: list[tuple[str | None, str | None]] = []
+    app.config["SEEN_BY_KEY"] = seen
+
+    def identity_and_tenant() -> str:
+        tenant = request.headers.get("X-Tenant")
+        seen.append((current_identity.subject, tenant))
+        return f"tenant-{tenant}"
+
+    def add(rule: str, *decorators: Callable[[Any], Any]) -> None:
+        def view() -> Any:  # a fresh function per rule: the policy lives on it
+            return {"ok": True}
+
+        for decorator in reversed(decorators):
+            view = decorator(view)
+        app.add_url_rule(rule, rule.strip("/").replace("-", "_"), view)
+
+    add("/a", public)
+    add("/b", public)
+    add("/declared", public, rate_limit("5/minute"))
+    add("/stacked-second-first", public, rate_limit("2/second"), rate_limit("3/minute"))
+    add("/stacked-minute-first", public, rate_limit("3/minute"), rate_limit("2/second"))
+    add("/stacked-hour", public, rate_limit("10/minute"), rate_limit("3/hour"))
+    add("/one", public, rate_limit("3/minute", scope="shared"))
+    add("/two", public, rate_limit("3/minute", scope="shared"))
+    add("/costly", public, rate_limit("10/minute", cost=3))
+    add("/exempt", public, rate_limit_exempt)
+    add("/public-auto", public, rate_limit("2/minute"))
+    add("/by-auto", rate_limit("2/minute"))
+    add("/by-user", rate_limit("2/minute", key="user"))
+    add("/by-ip", rate_limit("2/minute", key="ip"))
+    add("/by-key", require_api_key, rate_limit("2/minute", key="api_key"))
+    add("/by-fn", rate_limit("2/minute", key=identity_and_tenant))
+    add("/fn-public", public, rate_limit("2/minute", key=_tenant))
+    add("/admin", roles("admin"), rate_limit("2/minute", key="ip"))
+
+    @app.post("/login")
+    @public
+    @rate_limit("3/minute", key="ip", count="failures")
+    def login() -> Any:
+        body = request.get_json(silent=True) or {}
+        if body.get("password") == "correct horse battery staple":
+            return {"token": "t"}
+        return {"error": "bad credentials"}, 401
+
+    ApiGuard(app)
+    return app
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    return build(make_app)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def statuses(client: FlaskClient, path: str, times: int, **kwargs: Any) -> list[int]:
+    return [client.get(path, **kwargs).status_code for _ in range(times)]
+
+
+def from_ip(ip: str) -> dict[str, Any]:
+    return {"environ_base": {"REMOTE_ADDR": ip}}
+
+
+def assert_limited(response: Any) -> dict[str, Any]:
+    """A 429 ``rate_limit_exceeded`` with ``Retry-After`` equal to the body's ``retry_after``."""
+    assert response.status_code == 429, response.data[:200]
+    body = problem(response)
+    assert body["error"] == "rate_limit_exceeded"
+    assert isinstance(body["retry_after"], int)
+    assert body["retry_after"] >= 1
+    assert response.headers["Retry-After"] == str(body["retry_after"])
+    return body
+
+
+# -- the default limit --------------------------------------------------------------------------
+
+def test_default_limit_applies_per_view(client: FlaskClient) -> None:
+    assert statuses(client, "/a", 2) == [200, 200]
+    assert_limited(client.get("/a"))
+    # /b has its own counter, and another client its own bucket on /a
+    assert statuses(client, "/b", 3) == [200, 200, 429]
+    assert client.get("/a", **from_ip(IP_B)).status_code == 200
+
+
+def test_default_limit_covers_protected_views(app: Flask, client: FlaskClient) -> None:
+    headers = bearer(token_for(app, "alice"))
+    assert statuses(client, "/private", 3, headers=headers) == [200, 200, 429]
+    assert client.get("/private", headers=headers).headers["RateLimit-Limit"] == "2"
+
+
+def test_no_default_limit_means_no_limit_and_no_headers(make_app: Any) -> None:
+    app = build(make_app, APIGUARD_RATELIMIT_DEFAULT=None)
+    client = app.test_client()
+    headers = bearer(token_for(app, "alice"))
+    for path, kwargs in (("/a", {}), ("/private", {"headers": headers})):
+        for _ in range(30):
+            response = client.get(path, **kwargs)
+            assert response.status_code == 200
+            for name in (*RATELIMIT_HEADERS, "Retry-After"):
+                assert name not in response.headers
+    # a declared limit still applies
+    assert statuses(client, "/public-auto", 3) == [200, 200, 429]
+
+
+def test_declared_limit_replaces_the_default(client: FlaskClient) -> None:
+    responses = [client.get("/declared") for _ in range(5)]
+    assert [r.status_code for r in responses] == [200] * 5
+    assert {r.headers["RateLimit-Limit"] for r in responses} == {"5"}
+    assert [r.headers["RateLimit-Remaining"] for r in responses] == ["4", "3", "2", "1", "0"]
+    body = assert_limited(client.get("/declared"))
+    assert body["retry_after"] <= 60
+
+
+def test_exempt_view_has_no_limit_and_no_headers(make_app: Any) -> None:
+    client = build(make_app, APIGUARD_RATELIMIT_DEFAULT="1/minute").test_client()
+    for _ in range(20):
+        response = client.get("/exempt")
+        assert response.status_code == 200
+        for name in RATELIMIT_HEADERS:
+            assert name not in response.headers
+    assert statuses(client, "/a", 2) == [200, 429]
+
+
+# -- stacked limits, scope, cost ----------------------------------------------------------------
+
+STACKED = ("/stacked-second-first", "/stacked-minute-first")
+
+
+def exhaust_the_second(client: FlaskClient) -> None:
+    """Two requests on each stacked view, then the 2/second limit refuses the third."""
+    for path in STACKED:
+        first, second = client.get(path), client.get(path)
+        assert (first.status_code, second.status_code) == (200, 200)
+        # 2/second is nearer exhaustion than 3/minute, whatever the declaration order
+        assert (first.headers["RateLimit-Limit"], first.headers["RateLimit-Remaining"]) == ("2", "1")
+        assert (second.headers["RateLimit-Limit"], second.headers["RateLimit-Remaining"]) == \
+            ("2", "0")
+        third = client.get(path)
+        body = assert_limited(third)
+        assert third.headers["RateLimit-Limit"] == "2"
+        assert third.headers["RateLimit-Remaining"] == "0"
+        assert body["retry_after"] == 1
+
+
+def test_stacked_limits_the_tighter_wins(make_app: Any) -> None:
+    # moving-window: a per-second window that really is empty a second later
+    exhaust_the_second(build(make_app, APIGUARD_RATELIMIT_STRATEGY="moving-window").test_client())
+
+
+def test_stacked_limits_once_the_minute_is_spent_retry_after_names_the_minute(
+        make_app: Any) -> None:
+    client = build(make_app, APIGUARD_RATELIMIT_STRATEGY="moving-window").test_client()
+    exhaust_the_second(client)
+    time.sleep(1.1)
+    for path in STACKED:
+        # the second has passed, the minute has not: at most one more is admitted, then
+        # every answer is about 3/minute; a Retry-After of 1 s would send the client back
+        # into another refusal
+        later = [client.get(path) for _ in range(4)]
+        codes = [r.status_code for r in later]
+        assert codes.count(200) <= 1, (path, codes)
+        assert codes[-1] == 429
+        for response in later:
+            assert response.headers["RateLimit-Limit"] == "3", (path, codes)
+            assert response.headers["RateLimit-Remaining"] == "0", (path, codes)
+            if response.status_code == 429:
+                assert int(response.headers["Retry-After"]) > 2, (path, codes)
+
+
+def test_stacked_limits_report_the_window_closest_to_exhaustion(client: FlaskClient) -> None:
+    # 10/minute then 3/hour: the hour is nearer exhaustion although declared last
+    responses = [client.get("/stacked-hour") for _ in range(3)]
+    assert [(r.headers["RateLimit-Limit"], r.headers["RateLimit-Remaining"])
+            for r in responses] == [("3", "2"), ("3", "1"), ("3", "0")]
+    refused = client.get("/stacked-hour")
+    body = assert_limited(refused)
+    assert refused.headers["RateLimit-Limit"] == "3"
+    assert body["retry_after"] > 60
+
+
+def test_scope_shares_one_counter_between_views(client: FlaskClient) -> None:
+    remaining = [client.get(p).headers["RateLimit-Remaining"] for p in ("/one", "/two", "/one")]
+    assert remaining == ["2", "1", "0"]
+    assert_limited(client.get("/two"))
+    assert_limited(client.get("/one"))
+    # still one bucket per client within the scope
+    assert client.get("/two", **from_ip(IP_B)).status_code == 200
+
+
+def test_cost_uses_up_that_much(client: FlaskClient) -> None:
+    responses = [client.get("/costly") for _ in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert [r.headers["RateLimit-Remaining"] for r in responses] == ["7", "4", "1"]
+    refused = client.get("/costly")  # one unit left, three needed
+    assert_limited(refused)
+    assert refused.headers["RateLimit-Remaining"] == "0"
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_limits(make_app: Any, strategy: str) -> None:
+    client = build(make_app, APIGUARD_RATELIMIT_STRATEGY=strategy).test_client()
+    responses = [client.get("/declared") for _ in range(5)]
+    assert [r.status_code for r in responses] == [200] * 5
+    assert [r.headers["RateLimit-Remaining"] for r in responses] == ["4", "3", "2", "1", "0"]
+    for _ in range(3):
+        assert_limited(client.get("/declared"))
+    assert client.get("/declared", **from_ip(IP_B)).status_code == 200
+
+
+def test_unknown_strategy_is_refused_at_start_up(make_app: Any) -> None:
+    with pytest.raises(ApiGuardConfigError, match="APIGUARD_RATELIMIT_STRATEGY"):
+        make_app(APIGUARD_RATELIMIT_STRATEGY="leaky-bucket")
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/by-auto", "/by-user"])
+def test_subjects_on_one_ip_have_their_own_budgets(app: Flask, client: FlaskClient,
+                                                   path: str) -> None:
+    alice, bob = bearer(token_for(app, "alice")), bearer(token_for(app, "bob"))
+    assert statuses(client, path, 3, headers=alice) == [200, 200, 429]
+    assert statuses(client, path, 2, headers=bob) == [200, 200]
+    assert_limited(client.get(path, headers=bob))
+    # the subject, not the address, is the bucket: alice from elsewhere is still limited
+    assert_limited(client.get(path, headers=alice, **from_ip(IP_B)))
+
+
+def test_auto_key_uses_the_ip_without_identity(app: Flask, client: FlaskClient) -> None:
+    assert statuses(client, "/public-auto", 3, **from_ip(IP_A)) == [200, 200, 429]
+    assert client.get("/public-auto", **from_ip(IP_B)).status_code == 200
+    # a @public view ignores credentials, so a token does not open a fresh bucket
+    token = bearer(token_for(app, "alice"))
+    assert_limited(client.get("/public-auto", headers=token, **from_ip(IP_A)))
+
+
+def test_ip_key_is_shared_by_subjects_on_one_ip(app: Flask, client: FlaskClient) -> None:
+    alice, bob = bearer(token_for(app, "alice")), bearer(token_for(app, "bob"))
+    assert client.get("/by-ip", headers=alice).status_code == 200
+    assert client.get("/by-ip", headers=bob).status_code == 200
+    assert_limited(client.get("/by-ip", headers=alice))
+    assert_limited(client.get("/by-ip", headers=bob))
+    assert client.get("/by-ip", headers=alice, **from_ip(IP_B)).status_code == 200
+
+
+def test_api_key_key_gives_each_key_its_budget(app: Flask, client: FlaskClient) -> None:
+    with app.app_context():
+        keys = app.extensions["apiguard"].guard.api_keys
+        first, _ = keys.create("first", owner="acme")
+        second, _ = keys.create("second", owner="acme")
+    assert statuses(client, "/by-key", 3, headers={"X-API-Key": first}) == [200, 200, 429]
+    assert_limited(client.get("/by-key", headers={"X-API-Key": first}, **from_ip(IP_B)))
+    assert statuses(client, "/by-key", 2, headers={"X-API-Key": second}) == [200, 200]
+
+
+def test_callable_key_reads_request_and_identity(app: Flask, client: FlaskClient) -> None:
+    alice, bob = bearer(token_for(app, "alice")), bearer(token_for(app, "bob"))
+    assert statuses(client, "/by-fn", 2, headers={**alice, "X-Tenant": "t1"}) == [200, 200]
+    # the callable's string is the bucket: bob in tenant t1 shares it, alice in t2 does not
+    assert_limited(client.get("/by-fn", headers={**bob, "X-Tenant": "t1"}))
+    assert client.get("/by-fn", headers={**alice, "X-Tenant": "t2"}).status_code == 200
+    # the callable ran after authentication: it always saw the request's subject
+    assert set(app.config["SEEN_BY_KEY"]) == {("alice", "t1"), ("bob", "t1"), ("alice", "t2")}
+
+
+def test_callable_key_returning_nothing_falls_back_to_the_ip(client: FlaskClient) -> None:
+    assert client.get("/fn-public", **from_ip(IP_A)).status_code == 200  # None
+    assert client.get("/fn-public", headers={"X-Tenant": ""}, **from_ip(IP_A)).status_code == 200
+    assert_limited(client.get("/fn-public", **from_ip(IP_A)))
+    # another address is another bucket, and a real tenant string its own one
+    assert statuses(client, "/fn-public", 2, **from_ip(IP_B)) == [200, 200]
+    assert client.get("/fn-public", headers={"X-Tenant": "t1"}, **from_ip(IP_A)).status_code == 200
+
+
+def test_ipv6_clients_are_grouped_by_64(client: FlaskClient) -> None:
+    assert statuses(client, "/public-auto", 2, **from_ip("2001:db8:1:2::1")) == [200, 200]
+    # another address in the same /64 is the same client
+    assert_limited(client.get("/public-auto", **from_ip("2001:db8:1:2:ffff:ffff:ffff:9")))
+    assert client.get("/public-auto", **from_ip("2001:db8:1:3::1")).status_code == 200
+
+
+def test_forged_forwarded_for_does_not_open_a_fresh_bucket(client: FlaskClient) -> None:
+    codes = [client.get("/public-auto", headers={"X-Forwarded-For": f"198.51.100.{n}"}).status_code
+             for n in range(4)]
+    assert codes == [200, 200, 429, 429]
+
+
+def test_client_ip_behind_a_trusted_proxy(make_app: Any) -> None:
+    client = build(make_app, APIGUARD_TRUSTED_PROXIES=1).test_client()
+    proxy = {"REMOTE_ADDR": "10.0.0.1"}
+
+    def via_proxy(forwarded_for: str) -> int:
+        return client.get("/public-auto", environ_base=proxy,
+                          headers={"X-Forwarded-For": forwarded_for}).status_code
+
+    assert [via_proxy("198.51.100.7") for _ in range(3)] == [200, 200, 429]
+    assert via_proxy("198.51.100.8") == 200
+    # a client-supplied left-most entry is not believed: the proxy's right-most entry is
+    assert via_proxy("192.0.2.99, 198.51.100.7") == 429
+
+
+# -- count="failures" ---------------------------------------------------------------------------
+
+GOOD = {"password": "correct horse battery staple"}
+BAD = {"password": "hunter2"}
+
+
+def test_login_brute_force_counts_only_failures(client: FlaskClient) -> None:
+    for _ in range(10):
+        response = client.post("/login", json=GOOD)
+        assert response.status_code == 200
+        assert response.headers["RateLimit-Limit"] == "3"
+        assert response.headers["RateLimit-Remaining"] == "3"  # successes cost nothing
+    assert [client.post("/login", json=BAD).status_code for _ in range(3)] == [401] * 3
+    # exhausted: a correct password is refused too, until the window passes
+    assert_limited(client.post("/login", json=GOOD))
+    assert_limited(client.post("/login", json=BAD))
+    # another address is not affected
+    assert client.post("/login", json=GOOD, **from_ip(IP_B)).status_code == 200
+
+
+def test_login_successes_between_failures_cost_nothing(client: FlaskClient) -> None:
+    assert [client.post("/login", json=BAD).status_code for _ in range(2)] == [401, 401]
+    assert [client.post("/login", json=GOOD).status_code for _ in range(10)] == [200] * 10
+    assert client.post("/login", json=BAD).status_code == 401
+    assert_limited(client.post("/login", json=GOOD))
+
+
+def test_login_failure_reports_what_is_left_after_it(client: FlaskClient) -> None:
+    # a refused login used one unit: its RateLimit-Remaining says what is left after it
+    remaining = [client.post("/login", json=BAD).headers["RateLimit-Remaining"] for _ in range(3)]
+    assert remaining == ["2", "1", "0"]
+
+
+# -- headers and the 429 answer -----------------------------------------------------------------
+
+def test_headers_count_down_and_429_carries_retry_after(client: FlaskClient) -> None:
+    responses = [client.get("/a") for _ in range(2)]
+    assert [r.headers["RateLimit-Limit"] for r in responses] == ["2", "2"]
+    assert [r.headers["RateLimit-Remaining"] for r in responses] == ["1", "0"]
+    for response in responses:
+        assert 0 <= int(response.headers["RateLimit-Reset"]) <= 60
+    refused = client.get("/a")
+    body = assert_limited(refused)
+    assert refused.headers["RateLimit-Limit"] == "2"
+    assert refused.headers["RateLimit-Remaining"] == "0"
+    assert 1 <= int(refused.headers["RateLimit-Reset"]) <= 60
+    assert 1 <= body["retry_after"] <= 60
+    # the 429 is an answer of the guard like any other: security headers and no caching
+    assert refused.headers["X-Content-Type-Options"] == "nosniff"
+    assert refused.headers["Cache-Control"] == "no-store"
+
+
+def test_headers_off_removes_ratelimit_headers_but_not_retry_after(make_app: Any) -> None:
+    client = build(make_app, APIGUARD_RATELIMIT_HEADERS=False).test_client()
+    ok = client.get("/a")
+    assert ok.status_code == 200
+    refused = [client.get("/a") for _ in range(2)][-1]
+    for response in (ok, refused):
+        for name in RATELIMIT_HEADERS:
+            assert name not in response.headers
+    assert_limited(refused)
+
+
+def test_rate_limited_signal_is_sent(app: Flask, client: FlaskClient) -> None:
+    received: list[Any] = []
+
+    def receiver(sender: Any, **extra: Any) -> None:
+        received.append(sender)
+
+    with signals.rate_limited.connected_to(receiver, sender=app):
+        statuses(client, "/a", 3)
+    assert received == [app]
+
+
+# -- what is never counted, and where step 9 sits -----------------------------------------------
+
+def test_preflight_and_options_are_never_counted(make_app: Any) -> None:
+    origin = "https://app.example.com"
+    client = build(make_app, APIGUARD_CORS_ORIGINS=[origin]).test_client()
+    for _ in range(5):
+        response = client.options("/a", headers={"Origin": origin,
+                                                 "Access-Control-Request-Method": "GET"})
+        assert response.status_code == 204
+        assert "RateLimit-Limit" not in response.headers
+        plain = client.options("/a")
+        assert plain.status_code < 300
+        assert "RateLimit-Limit" not in plain.headers
+    assert client.get("/a").headers["RateLimit-Remaining"] == "1"
+
+
+def test_unauthenticated_requests_do_not_use_the_views_budget(app: Flask,
+                                                              client: FlaskClient) -> None:
+    for _ in range(5):
+        assert problem(client.get("/by-ip"))["error"] == "unauthorized"
+    for _ in range(3):
+        assert problem(client.get("/by-ip", headers=bearer("not.a.token")))["error"] == \
+            "invalid_token"
+    response = client.get("/by-ip", headers=bearer(token_for(app, "alice")))
+    assert response.status_code == 200
+    assert response.headers["RateLimit-Remaining"] == "1"
+
+
+def test_forbidden_requests_do_not_use_the_views_budget(app: Flask, client: FlaskClient) -> None:
+    alice = bearer(token_for(app, "alice"))
+    for _ in range(5):
+        assert problem(client.get("/admin", headers=alice))["error"] == "forbidden"
+    response = client.get("/admin", headers=bearer(token_for(app, "root", roles=["admin"])))
+    assert response.status_code == 200
+    assert response.headers["RateLimit-Remaining"] == "1"
+
+
+# -- bad declarations ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, kwargs", [
+    (("lots",), {}),
+    (("10 per fortnight",), {}),
+    (("",), {}),
+    (("5/minute",), {"key": "session"}),
+    (("5/minute",), {"key": 42}),
+    (("5/minute",), {"count": "successes"}),
+    (("5/minute",), {"cost": 0}),
+    (("5/minute",), {"cost": -1}),
+    (("5/minute",), {"cost": 1.5}),
+    (("5/minute",), {"scope": "a/b"}),
+    (("5/minute",), {"scope": ""}),
+])
+def test_bad_rate_limit_arguments_fail_at_decoration(args: tuple[Any, ...],
+                                                      kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ApiGuardConfigError):
+        rate_limit(*args, **kwargs)

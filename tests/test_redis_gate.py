@@ -1,0 +1,140 @@
+"""The one-round-trip Redis gate: same counters as limits' own strategies, one command."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from limits import parse
+from limits.strategies import STRATEGIES
+
+from flask_apiguard.redis_gate import RedisScriptBackend, compose
+from flask_apiguard.storage import LimitProbe, SharedState
+
+from .conftest import bearer, token_for
+
+STRATEGY_NAMES = ["sliding-window-counter", "fixed-window", "moving-window"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
+def test_the_script_embeds_limits_own_lua(strategy: str) -> None:
+    source = compose(strategy)
+    assert "local function" in source
+    assert "redis.call" in source
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
+def test_gate_counts_what_limits_strategies_read(redis_url: str, strategy: str) -> None:
+    shared = SharedState(redis_url, {}, strategy, "closed")
+    assert isinstance(shared.primary, RedisScriptBackend)
+    item = parse("3/minute")
+    ids = ("apiguard", "view:x", "ip:198.51.100.1")
+    probe = [LimitProbe(item, ids)]
+    limits_view = STRATEGIES[strategy](shared.primary.storage)  # type: ignore[arg-type]
+    verdicts = [shared.admit((), False, None, probe, True) for _ in range(4)]
+    assert [v.breached is None for v in verdicts] == [True, True, True, False]
+    assert [v.window.remaining for v in verdicts if v.window] == [2, 1, 0, 0]
+    # limits' own strategy, reading the same keys, agrees the budget is spent
+    assert limits_view.test(item, *ids) is False
+    assert limits_view.get_window_stats(item, *ids).remaining == 0
+    # and a hit made by limits' strategy is seen by the gate
+    other = ("apiguard", "view:y", "ip:198.51.100.1")
+    limits_view.hit(item, *other)
+    limits_view.hit(item, *other)
+    verdict = shared.admit((), False, None, [LimitProbe(item, other)], True)
+    assert verdict.window is not None and verdict.window.remaining == 0
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
+def test_gate_order_throttle_then_failure_then_revocation(redis_url: str, strategy: str) -> None:
+    shared = SharedState(redis_url, {}, strategy, "closed")
+    fail = [LimitProbe(parse("2/minute"), ("apiguard", "authfail", "ip:192.0.2.9"))]
+    limit = [LimitProbe(parse("10/minute"), ("apiguard", "view:z", "sub:ann"))]
+    shared.revoke("revoked-jti", 60)
+    assert shared.admit(fail, False, "revoked-jti", limit, True).revoked
+    assert not shared.admit(fail, True, None, limit, True).throttled  # second failure counted
+    throttled = shared.admit(fail, False, None, limit, True)
+    assert throttled.throttled and throttled.retry_after >= 1
+    # nothing of the view's budget was used by any of these
+    verdict = shared.admit((), False, None, limit, True)
+    assert verdict.window is not None and verdict.window.remaining == 9
+
+
+def test_failures_only_probe_is_tested_not_hit(redis_url: str) -> None:
+    shared = SharedState(redis_url, {}, "sliding-window-counter", "closed")
+    probe = LimitProbe(parse("1/minute"), ("apiguard", "view:login", "ip:x"), hit=False)
+    for _ in range(3):
+        assert shared.admit((), False, None, [probe], True).breached is None
+    shared.hit([probe])
+    assert shared.admit((), False, None, [probe], True).breached is not None
+
+
+def _client_commands(url: str, action: Any) -> list[str]:
+    """The commands clients sent to Redis while ``action`` ran (MONITOR; commands run inside
+    a script are reported as coming from "lua" and are left out)."""
+    import threading
+
+    import redis
+
+    seen: list[dict[str, Any]] = []
+    ready = threading.Event()
+    stop = threading.Event()
+
+    def watch() -> None:
+        with redis.Redis.from_url(url).monitor() as monitor:
+            ready.set()
+            for entry in monitor.listen():
+                if stop.is_set() and "apiguard-monitor-stop" in entry["command"]:
+                    return
+                seen.append(entry)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    assert ready.wait(5)
+    action()
+    stop.set()
+    redis.Redis.from_url(url).echo("apiguard-monitor-stop")
+    thread.join(5)
+    handshake = {"HELLO", "CLIENT", "ECHO", "SELECT"}  # a new connection's set-up, not a request
+    commands = [e["command"].split()[0].upper() for e in seen if e.get("client_type") != "lua"]
+    return [c for c in commands if c not in handshake]
+
+
+def test_one_round_trip_per_request(private_redis: Any, make_app: Any) -> None:
+    """Auth-failure check + revocation + two rate limits: one command (EVALSHA) per request."""
+    from flask_apiguard import ApiGuard, rate_limit, require_jwt
+
+    app = make_app(init=False, APIGUARD_STORAGE_URI=private_redis.url, APIGUARD_JWT_REVOCATION=True)
+
+    @app.get("/limited")
+    @require_jwt
+    @rate_limit("100/minute")
+    @rate_limit("1000/hour")
+    def limited() -> Any:
+        return {"ok": True}
+
+    ApiGuard(app)
+    client = app.test_client()
+    token = token_for(app)
+    assert client.get("/limited", headers=bearer(token)).status_code == 200  # loads the script
+
+    def ten_requests() -> None:
+        for _ in range(10):
+            response = client.get("/limited", headers=bearer(token))
+            assert response.status_code == 200
+            assert response.headers["RateLimit-Limit"] == "100"
+
+    commands = _client_commands(private_redis.url, ten_requests)
+    assert commands == ["EVALSHA"] * 10
+
+
+def test_a_refused_token_is_one_round_trip_too(private_redis: Any, make_app: Any) -> None:
+    app = make_app(APIGUARD_STORAGE_URI=private_redis.url)
+    client = app.test_client()
+    client.get("/private", headers=bearer("bad.token.value"))
+
+    def bad_tokens() -> None:
+        for _ in range(3):
+            assert client.get("/private", headers=bearer("bad.token.value")).status_code == 401
+
+    assert _client_commands(private_redis.url, bad_tokens) == ["EVALSHA"] * 3

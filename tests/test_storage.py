@@ -1,0 +1,434 @@
+"""The shared storage on Redis: one budget for several app instances, threads and processes,
+in every URI form (``redis://``, ``rediss://``, ``redis+cluster://``, ``redis+sentinel://``),
+every strategy, ``count="failures"``."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import multiprocessing
+import queue
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask, request
+
+from flask_apiguard import ApiGuard, ApiGuardConfigError, public, rate_limit
+from flask_apiguard.extension import guard_state
+
+from .conftest import IN_CI, HttpsClient, base_config, free_port, problem
+
+STRATEGIES = ("fixed-window", "moving-window", "sliding-window-counter")
+#: The exactness figures: WORKERS clients of REQUESTS each against a limit of LIMIT per minute.
+WORKERS, REQUESTS, LIMIT = 4, 40, 50
+GOOD = {"password": "correct horse battery staple"}
+#: Seconds no request may take when the storage is down (a hang guard, not a benchmark).
+HANG_GUARD = 2.0
+
+
+def limited_app(uri: str, instance_path: str, strategy: str = "sliding-window-counter",
+                **config: Any) -> Flask:
+    """An app of its own on ``uri`` with ``/limited`` (3/minute, or ``LIMIT`` per minute on
+    ``/exact``) and a ``count="failures"`` ``/login``; the default limit is off."""
+    app = Flask("apiguard_storage", instance_path=instance_path)
+    app.test_client_class = HttpsClient
+    app.config.update(base_config(APIGUARD_STORAGE_URI=uri, APIGUARD_RATELIMIT_STRATEGY=strategy,
+                                  APIGUARD_RATELIMIT_DEFAULT=None, **config))
+
+    @app.get("/limited")
+    @public
+    @rate_limit("3/minute")
+    def limited() -> Any:
+        return {"ok": True}
+
+    @app.get("/exact")
+    @public
+    @rate_limit(f"{LIMIT} per minute")
+    def exact() -> Any:
+        return {"ok": True}
+
+    @app.post("/login")
+    @public
+    @rate_limit("3/minute", key="ip", count="failures")
+    def login() -> Any:
+        if (request.get_json(silent=True) or {}) == GOOD:
+            return {"token": "t"}
+        return {"error": "bad credentials"}, 401
+
+    ApiGuard(app)
+    return app
+
+
+@pytest.fixture
+def two_apps(tmp_path: Path) -> Callable[..., tuple[Flask, Flask]]:
+    def factory(uri: str, **config: Any) -> tuple[Flask, Flask]:
+        return (limited_app(uri, str(tmp_path / "one"), **config),
+                limited_app(uri, str(tmp_path / "two"), **config))
+
+    return factory
+
+
+def assert_one_budget(first: Flask, second: Flask) -> None:
+    """Three requests spread over the two instances use up one ``3/minute`` budget."""
+    one, two = first.test_client(), second.test_client()
+    remaining = [c.get("/limited").headers["RateLimit-Remaining"] for c in (one, two, one)]
+    assert remaining == ["2", "1", "0"]
+    for client in (two, one):
+        refused = client.get("/limited")
+        assert refused.status_code == 429
+        assert problem(refused)["error"] == "rate_limit_exceeded"
+
+
+def limits_keys(client: redis.Redis) -> list[str]:
+    return sorted(k.decode() for k in client.keys("*apiguard*"))
+
+
+# -- redis:// -----------------------------------------------------------------------------------
+
+@pytest.mark.redis
+def test_two_app_instances_share_one_budget(two_apps: Any, redis_url: str) -> None:
+    first, second = two_apps(redis_url)
+    assert_one_budget(first, second)
+    keys = limits_keys(redis.Redis.from_url(redis_url))
+    assert keys and all("limited" in k for k in keys)
+
+
+def test_memory_storage_is_per_instance(two_apps: Any) -> None:
+    one, two = (app.test_client() for app in two_apps("memory://"))
+    assert [one.get("/limited").status_code for _ in range(4)] == [200, 200, 200, 429]
+    assert two.get("/limited").status_code == 200
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_on_redis(two_apps: Any, redis_url: str, strategy: str) -> None:
+    first, second = two_apps(redis_url, strategy=strategy)
+    assert_one_budget(first, second)
+    other = first.test_client().get("/limited", environ_base={"REMOTE_ADDR": "203.0.113.5"})
+    assert other.status_code == 200
+
+
+@pytest.mark.redis
+def test_count_failures_on_redis(two_apps: Any, redis_url: str) -> None:
+    first, second = two_apps(redis_url)
+    one, two = first.test_client(), second.test_client()
+    assert [c.post("/login", json=GOOD).status_code for c in (one, two) * 5] == [200] * 10
+    bad = {"password": "hunter2"}
+    assert [c.post("/login", json=bad).status_code for c in (one, two, one)] == [401] * 3
+    # the failures of both instances exhausted the shared budget: a good login is refused
+    for client in (one, two):
+        refused = client.post("/login", json=GOOD)
+        assert refused.status_code == 429
+        assert problem(refused)["error"] == "rate_limit_exceeded"
+
+
+@pytest.mark.redis
+def test_redis_client_timeouts_default_to_half_a_second(make_app: Any, redis_url: str) -> None:
+    def kwargs(app: Flask) -> dict[str, Any]:
+        storage = guard_state(app).shared.primary.storage
+        return dict(storage.get_connection().connection_pool.connection_kwargs)
+
+    defaults = kwargs(make_app(APIGUARD_STORAGE_URI=redis_url))
+    assert defaults["socket_timeout"] == 0.5
+    assert defaults["socket_connect_timeout"] == 0.5
+    chosen = kwargs(make_app(APIGUARD_STORAGE_URI=redis_url,
+                             APIGUARD_STORAGE_OPTIONS={"socket_timeout": 2.0}))
+    assert chosen["socket_timeout"] == 2.0
+    assert chosen["socket_connect_timeout"] == 0.5
+
+
+# -- the other URI forms, against servers of the test's own ---------------------------------------
+
+def _redis_server() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if IN_CI:
+            pytest.fail("redis-server is not installed; under CI=true the storage tests must run.")
+        pytest.skip("redis-server is not installed: rediss://, redis+cluster:// and "
+                    "redis+sentinel:// need one to start their own servers")
+    return binary
+
+
+def _wait_for(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"redis-server on port {port} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"redis-server on port {port} did not start")
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[..., int]]:
+    """``start(*args, port=None, plain=True) -> port``: redis-servers of this test, killed at its end."""
+    binary = _redis_server()
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str, port: int | None = None, plain: bool = True) -> int:
+        port = port or free_port()
+        command = [binary, *args, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        if plain:
+            command += ["--port", str(port)]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(process)
+        _wait_for(port, process)
+        return port
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def _self_signed(directory: Path) -> tuple[str, str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "redis.crt", directory / "redis.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+@pytest.fixture
+def tls_redis(servers: Callable[..., int], tmp_path: Path) -> tuple[int, str]:
+    """A redis-server speaking only TLS, with a self-signed certificate: (port, CA file)."""
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    try:
+        servers("--port", "0", "--tls-port", str(port), "--tls-cert-file", cert,
+                "--tls-key-file", key, "--tls-ca-cert-file", cert, "--tls-auth-clients", "no",
+                port=port, plain=False)
+    except RuntimeError as exc:
+        if IN_CI:
+            raise
+        pytest.skip(f"redis-server cannot serve TLS here (built without it?): {exc}")
+    return port, cert
+
+
+@pytest.mark.redis
+def test_rediss_instances_share_one_budget(two_apps: Any, tls_redis: tuple[int, str]) -> None:
+    port, ca = tls_redis
+    first, second = two_apps(f"rediss://127.0.0.1:{port}/0",
+                             APIGUARD_STORAGE_OPTIONS={"ssl_ca_certs": ca})
+    assert_one_budget(first, second)
+
+
+@pytest.mark.redis
+def test_rediss_refuses_an_untrusted_certificate(two_apps: Any,
+                                                 tls_redis: tuple[int, str]) -> None:
+    # no CA given: the self-signed certificate is not trusted, so no counter is ever sent over
+    # an unverified connection; the storage counts as down and the closed policy answers 503
+    first, _ = two_apps(f"rediss://127.0.0.1:{tls_redis[0]}/0",
+                        APIGUARD_RATELIMIT_ON_STORAGE_ERROR="closed")
+    response = first.test_client().get("/limited")
+    assert response.status_code == 503
+    assert problem(response)["error"] == "service_unavailable"
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too."""
+    for _ in range(50):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+@pytest.mark.redis
+def test_redis_cluster_instances_share_one_budget(two_apps: Any, servers: Callable[..., int],
+                                                  tmp_path: Path) -> None:
+    # a one-node cluster holding every slot: a real cluster protocol, MOVED-free
+    port = servers("--cluster-enabled", "yes", "--cluster-config-file",
+                   str(tmp_path / "nodes.conf"), "--dir", str(tmp_path), port=_cluster_port())
+    node = redis.Redis(port=port)
+    node.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+    deadline = time.monotonic() + 10  # a fresh master waits ~2 s before it accepts writes
+    while b"cluster_state:ok" not in node.execute_command("CLUSTER", "INFO"):
+        assert time.monotonic() < deadline, "the one-node cluster did not come up"
+        time.sleep(0.05)
+    first, second = two_apps(f"redis+cluster://127.0.0.1:{port}")
+    assert_one_budget(first, second)
+    assert any(b"apiguard" in k for k in node.keys("*"))
+
+
+@pytest.mark.redis
+def test_redis_sentinel_instances_share_one_budget(two_apps: Any, servers: Callable[..., int],
+                                                   tmp_path: Path) -> None:
+    master = servers()
+    sentinel_port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {sentinel_port}\nbind 127.0.0.1\n"
+                    f"sentinel monitor apimaster 127.0.0.1 {master} 1\n")
+    servers(str(conf), "--sentinel", port=sentinel_port, plain=False)
+    first, second = two_apps(f"redis+sentinel://127.0.0.1:{sentinel_port}/apimaster")
+    assert_one_budget(first, second)
+    # the counters live on the master the sentinel named
+    assert any(b"apiguard" in k for k in redis.Redis(port=master).keys("*"))
+
+
+@pytest.mark.parametrize("uri", [
+    "redis://127.0.0.1:{port}/0",
+    "rediss://127.0.0.1:{port}/0",
+    "redis+sentinel://127.0.0.1:{port}/apimaster",
+    "redis+cluster://127.0.0.1:{port}",
+])
+def test_every_uri_form_starts_without_its_server(make_app: Any, uri: str) -> None:
+    # a storage that is down at start-up is a storage fault (the policy answers), not bad
+    # config; and the Redis client defaults keep the request from hanging (a timeout guard)
+    app = make_app(APIGUARD_STORAGE_URI=uri.format(port=free_port()),
+                   APIGUARD_RATELIMIT_ON_STORAGE_ERROR="closed")
+    started = time.monotonic()
+    response = app.test_client().get("/health")
+    elapsed = time.monotonic() - started
+    assert elapsed < HANG_GUARD, f"the request took {elapsed:.2f} s with the storage down"
+    assert response.status_code == 503
+    assert problem(response)["error"] == "service_unavailable"
+
+
+@pytest.mark.parametrize("uri", ["memcached://127.0.0.1:11211", "mongodb://127.0.0.1:27017",
+                                 "127.0.0.1:6379", "redis:/no-host", "file:///tmp/x"])
+def test_other_storages_are_refused(make_app: Any, uri: str) -> None:
+    with pytest.raises(ApiGuardConfigError, match="APIGUARD_STORAGE_URI"):
+        make_app(APIGUARD_STORAGE_URI=uri)
+
+
+# -- exactness under concurrency ------------------------------------------------------------------
+
+def _count(client: Any, results: Any) -> None:
+    counts = Counter(client.get("/exact").status_code for _ in range(REQUESTS))
+    results.put(dict(counts))
+
+
+def spawned_worker(uri: str, instance_path: str, strategy: str, barrier: Any,
+                   results: Any) -> None:
+    """One process: its own app and test client, then ``REQUESTS`` requests as fast as it can."""
+    client = limited_app(uri, instance_path, strategy).test_client()
+    client.get("/limited")  # connect and compile routes before the race (another counter)
+    barrier.wait(timeout=60)
+    _count(client, results)
+
+
+def _away_from_a_minute_boundary(strategy: str) -> None:
+    # the sliding-window counter weights the previous clock-aligned minute: a run straddling a
+    # boundary may admit a little more than LIMIT in 60 s by design, so do not straddle one
+    if strategy == "sliding-window-counter" and time.time() % 60 > 52:
+        time.sleep(60 - time.time() % 60 + 0.1)
+
+
+def _collect(workers: list[Any], results: Any) -> list[dict[int, int]]:
+    """Each worker's counts; stops early when a worker died without answering."""
+    parts: list[dict[int, int]] = []
+    deadline = time.monotonic() + 90
+    while len(parts) < len(workers) and time.monotonic() < deadline:
+        try:
+            parts.append(results.get(timeout=0.5))
+        except queue.Empty:
+            if not any(worker.is_alive() for worker in workers) and results.empty():
+                break
+    return parts
+
+
+def _totals(parts: list[dict[int, int]]) -> Counter[int]:
+    total: Counter[int] = Counter()
+    for part in parts:
+        total.update(part)
+    return total
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["sliding-window-counter", "moving-window"])
+def test_processes_share_one_exact_budget(redis_url: str, tmp_path: Path, strategy: str) -> None:
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(WORKERS)
+    results = context.Queue()
+    _away_from_a_minute_boundary(strategy)
+    workers = [context.Process(target=spawned_worker,
+                               args=(redis_url, str(tmp_path / str(n)), strategy, barrier, results))
+               for n in range(WORKERS)]
+    for worker in workers:
+        worker.start()
+    try:
+        parts = _collect(workers, results)
+    finally:
+        for worker in workers:
+            worker.join(timeout=30)
+            if worker.is_alive():
+                worker.kill()
+    assert [w.exitcode for w in workers] == [0] * WORKERS, "a worker process failed"
+    assert len(parts) == WORKERS
+    total = _totals(parts)
+    print(f"{strategy}: {WORKERS} processes x {REQUESTS}: admitted {total[200]} of limit "
+          f"{LIMIT}, refused {total[429]}, per process {parts}")
+    assert total[200] == LIMIT
+    assert total[429] == WORKERS * REQUESTS - LIMIT
+    assert sum(total.values()) == WORKERS * REQUESTS
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_threads_on_two_instances_share_one_exact_budget(redis_url: str, tmp_path: Path) -> None:
+    strategy = "sliding-window-counter"
+    apps = [limited_app(redis_url, str(tmp_path / str(n)), strategy) for n in range(2)]
+    clients = [apps[n % 2].test_client() for n in range(WORKERS)]
+    barrier = threading.Barrier(WORKERS)
+    results: queue.Queue[dict[int, int]] = queue.Queue()
+    errors: list[BaseException] = []
+
+    def run(client: Any) -> None:
+        try:
+            barrier.wait(timeout=30)
+            _count(client, results)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    _away_from_a_minute_boundary(strategy)
+    threads = [threading.Thread(target=run, args=(c,)) for c in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    parts = [results.get_nowait() for _ in threads]
+    total = _totals(parts)
+    print(f"threads: {WORKERS} threads on 2 instances x {REQUESTS}: admitted {total[200]} of "
+          f"limit {LIMIT}, refused {total[429]}, per thread {parts}")
+    assert total[200] == LIMIT
+    assert total[429] == WORKERS * REQUESTS - LIMIT
