@@ -38,6 +38,7 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/fields.py
 
 ## Debian's Chromium and ChromeDriver for the browser test; installed in CI, optional locally.
 browser-deps:

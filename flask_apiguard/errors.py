@@ -269,7 +269,7 @@ def problem_response(
 ) -> Response:
     """Render ``exc`` as an ``application/problem+json`` response."""
     body, headers = problem_body(exc, request_id, type_base)
-    payload = json.dumps(body, ensure_ascii=True, separators=(",", ":"), default=str)
+    payload = json.dumps(body, ensure_ascii=True, separators=(",", ":"), default=str) + "\n"
     response = Response(payload, status=body["status"], mimetype=PROBLEM_JSON)
     for name, value in headers:
         response.headers[name] = value

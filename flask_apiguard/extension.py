@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -201,8 +201,9 @@ def _authorization_error(route: Route, identity: Identity) -> ApiGuardError | No
     """Step 8 on its own: default-deny, roles and scopes (no I/O)."""
     if not identity.is_authenticated:
         return Unauthorized() if route.required else None
+    held = identity.roles
     for names, require in route.role_rules:
-        if not identity.has_roles(*names, require=require):
+        if not (names <= held if require == "all" else names & held):
             return Forbidden("You lack a role this action requires.")
     for needed in route.scope_rules:
         if not needed <= identity.scopes:
@@ -214,12 +215,15 @@ def _authorization_error(route: Route, identity: Identity) -> ApiGuardError | No
     return None
 
 
-def _after_deferred(window: WindowState | None, used: list[LimitProbe]) -> WindowState | None:
-    """The window once the ``count="failures"`` probes of this failed response are counted."""
-    if window is None:
-        return None
-    spent = sum(p.cost for p in used if p.key == window.key)
-    return replace(window, remaining=max(0, window.remaining - spent)) if spent else window
+def _after_deferred(window: WindowState | None, used: list[LimitProbe],
+                    counted: list[WindowState]) -> WindowState | None:
+    """The window to report once the ``count="failures"`` probes of this failed response are
+    counted: their fresh windows compete with the window of the other limits."""
+    keys = {p.key for p in used}
+    candidates = list(counted)
+    if window is not None and (window.key not in keys or not counted):
+        candidates.append(window)
+    return min(candidates, key=lambda s: (s.remaining, s.reset_in), default=None)
 
 
 def _too_many(cls: type[ApiGuardError], retry_after: int) -> ApiGuardError:
@@ -350,7 +354,7 @@ class ApiGuard:
         if route.jwt and scheme == "bearer":
             presented = True
             try:
-                identity, jti = state.jwt.verify(state.jwt.bearer(header))
+                identity, jti = state.jwt.verify_header(header)
             except ApiGuardError as exc:
                 auth_error = exc
         elif route.api_key and (plaintext := environ.get(state.api_key_environ)):
@@ -370,7 +374,7 @@ class ApiGuard:
         if jti is None or not config.jwt_revocation:
             jti = None
         limits = probes(route.limits, identity, current.client) \
-            if auth_error is None and authz_error is None else []
+            if auth_error is None and authz_error is None else ()
         if failure or jti or limits:
             verdict = state.shared.admit(failure, auth_error is not None, jti, limits,
                                          config.ratelimit_headers)
@@ -453,8 +457,8 @@ class ApiGuard:
                     headers["Vary"] = f"{vary}, Origin"
         status = response.status_code
         if current.deferred and status >= 400:
-            state.shared.hit(current.deferred)
-            current.window = _after_deferred(current.window, current.deferred)
+            counted = state.shared.hit(current.deferred, config.ratelimit_headers)
+            current.window = _after_deferred(current.window, current.deferred, counted)
         if current.window is not None and config.ratelimit_headers:
             window = current.window
             add(("RateLimit-Limit", str(window.limit)))

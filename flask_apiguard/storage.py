@@ -229,9 +229,13 @@ class Backend:
         for probe in failure:
             self.counter.hit(probe)
 
-    def hit(self, probes: Sequence[LimitProbe]) -> None:
+    def hit(self, probes: Sequence[LimitProbe], want_window: bool = False) -> list[WindowState]:
         for probe in probes:
             self.counter.hit(probe)
+        if not want_window:
+            return []
+        now = time.time()
+        return [self.counter.window(probe, now) for probe in probes]
 
     def revoke(self, jti: str, ttl: int) -> None:
         self.revocations.add(jti, ttl)
@@ -410,17 +414,17 @@ class SharedState:
         verdict.degraded = True
         return verdict
 
-    def hit(self, probes: Sequence[LimitProbe]) -> None:
-        """Consume ``probes`` after the response (``count="failures"``)."""
+    def hit(self, probes: Sequence[LimitProbe], want_window: bool = False) -> list[WindowState]:
+        """Consume ``probes`` after the response (``count="failures"``); with ``want_window``,
+        return their windows as they are afterwards."""
         if self._usable():
             try:
-                self.primary.hit(probes)
+                return self.primary.hit(probes, want_window)
             except self.errors as exc:
                 self._mark_down(exc)
-            else:
-                return
         if self.on_error == "fallback":
-            self.fallback.hit(probes)
+            return self.fallback.hit(probes, want_window)
+        return []
 
     def revoke(self, jti: str, ttl: int) -> None:
         try:

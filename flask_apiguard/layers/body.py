@@ -77,6 +77,23 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+#: One decoder for every request (``json.loads`` with options would build one per call).
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _declared_length(environ: dict[str, Any]) -> int | None:
+    """``Content-Length`` as werkzeug reads it: None for a streamed body, 0 when invalid."""
+    if "HTTP_TRANSFER_ENCODING" in environ and "chunked" in environ["HTTP_TRANSFER_ENCODING"].lower():
+        return None
+    raw = environ.get("CONTENT_LENGTH")
+    if raw is None or raw == "":
+        return None
+    try:
+        return max(0, int(raw)) if raw.strip().isdigit() else 0
+    except ValueError:
+        return 0
+
+
 class BodyGuard:
     """The size, media-type and JSON checks, configured once."""
 
@@ -101,7 +118,7 @@ class BodyGuard:
         """
         if self.max_length is None:
             return
-        length = request.content_length
+        length = _declared_length(request.environ)
         if length is not None:
             if length > self.max_length:
                 raise self._too_large()
@@ -141,6 +158,19 @@ class BodyGuard:
             if form:
                 request.form  # noqa: B018 - parse now, under the size limit
                 return b""
+            cached: bytes | None = getattr(request, "_cached_data", None)
+            if cached is not None:
+                return cached
+            environ = request.environ
+            length = _declared_length(environ)
+            if length is not None and "stream" not in request.__dict__:
+                # A declared length already checked against the limit, and nobody has opened
+                # the stream yet: read exactly that many bytes from the WSGI input, as
+                # werkzeug's LimitedStream would, and cache them where get_data() and the
+                # form parser look.
+                data: bytes = environ["wsgi.input"].read(length) if length else b""
+                request._cached_data = data
+                return data
             return request.get_data(cache=True)
         except RequestEntityTooLarge:
             raise self._too_large() from None
@@ -159,7 +189,7 @@ class BodyGuard:
         if depth_exceeds(data, self.max_depth):
             raise InvalidBody(f"The JSON body nests deeper than {self.max_depth} levels.")
         try:
-            document = json.loads(text, parse_constant=_reject_constant)
+            document = _DECODER.decode(text)
             if _SURROGATE_ESCAPE.search(data):
                 json.dumps(document, ensure_ascii=False).encode("utf-8")
         except (ValueError, RecursionError):

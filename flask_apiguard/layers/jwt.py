@@ -268,13 +268,20 @@ class JwtLayer:
             self._cache.clear()
 
     # -- verification -------------------------------------------------------------------------
-    @staticmethod
-    def bearer(header: str) -> str:
-        """The token of an ``Authorization: Bearer`` value (the scheme is matched by the caller)."""
+    def verify_header(self, header: str) -> tuple[Identity, str | None]:
+        """Verify the token of an ``Authorization: Bearer <token>`` value (the caller matched
+        the scheme); see :meth:`verify`."""
         parts = header.split()
-        if len(parts) != 2 or not _B64TOKEN.fullmatch(parts[1]):
+        if len(parts) != 2:
             raise InvalidToken("The Authorization header must be 'Bearer <token>'.")
-        return parts[1]
+        token = parts[1]
+        cached = self._cache.get(token)  # only tokens that passed every check get here
+        if cached is not None:
+            self._check_times(cached, time.time())
+            return cached.identity, cached.jti
+        if not _B64TOKEN.fullmatch(token):
+            raise InvalidToken("The Authorization header must be 'Bearer <token>'.")
+        return self.verify(token)
 
     def verify(self, token: str) -> tuple[Identity, str | None]:
         """The identity and ``jti`` of a valid token; raises ``InvalidToken``/``TokenExpired``."""

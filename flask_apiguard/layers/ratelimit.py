@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from limits import RateLimitItem, parse_many
 
@@ -21,7 +21,7 @@ from ..storage import LimitProbe
 NAMESPACE = "apiguard"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class CompiledLimit:
     """One limit item of a view, ready to be turned into a probe per request."""
 
@@ -89,19 +89,32 @@ def key_value(key: str | Callable[[], str], identity: Identity, client: str) -> 
     return f"fn:{value}"
 
 
-def probes(limits: Sequence[CompiledLimit], identity: Identity, client: str) -> list[LimitProbe]:
+_CACHE_SIZE = 8192
+_probe_cache: dict[tuple[Any, ...], tuple[LimitProbe, ...]] = {}
+
+
+def _cached(key: tuple[Any, ...], build: Callable[[], tuple[LimitProbe, ...]]) -> tuple[LimitProbe, ...]:
+    """Probes are immutable, so the same limits and keys reuse the same objects (bounded)."""
+    found = _probe_cache.get(key)
+    if found is None:
+        if len(_probe_cache) >= _CACHE_SIZE:
+            _probe_cache.clear()
+        found = _probe_cache[key] = build()
+    return found
+
+
+def probes(limits: tuple[CompiledLimit, ...], identity: Identity, client: str) -> tuple[LimitProbe, ...]:
     """This request's probes; ``count="failures"`` limits are only tested now, hit later."""
-    return [
-        LimitProbe(
-            limit.item,
-            (NAMESPACE, limit.counter, key_value(limit.key, identity, client)),
-            limit.cost,
-            hit=not limit.failures_only,
-        )
-        for limit in limits
-    ]
+    keys = tuple(key_value(limit.key, identity, client) for limit in limits)
+    return _cached((limits, keys), lambda: tuple(
+        LimitProbe(limit.item, (NAMESPACE, limit.counter, key), limit.cost,
+                   hit=not limit.failures_only)
+        for limit, key in zip(limits, keys, strict=True)
+    ))
 
 
-def failure_probes(items: Sequence[RateLimitItem], client: str) -> list[LimitProbe]:
+def failure_probes(items: tuple[RateLimitItem, ...], client: str) -> tuple[LimitProbe, ...]:
     """The auth-failure counters of a client IP (``APIGUARD_AUTH_FAILURE_LIMIT``)."""
-    return [LimitProbe(item, (NAMESPACE, "authfail", client)) for item in items]
+    return _cached(("authfail", items, client), lambda: tuple(
+        LimitProbe(item, (NAMESPACE, "authfail", client)) for item in items
+    ))

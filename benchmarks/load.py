@@ -1,0 +1,152 @@
+"""Throughput under a real WSGI server: gunicorn (2 sync workers) driven by wrk on 127.0.0.1.
+
+``python benchmarks/load.py [--redis URL] [--duration 10]`` starts gunicorn for bare Flask and
+for the guarded app (memory storage, then Redis storage when ``--redis`` is given), drives each
+with ``wrk`` (Debian package ``wrk``) from a second process, and prints requests/s, p50/p99
+latency and the guarded throughput as a share of bare Flask. A last run hammers a view
+limited to ``--limit`` requests per hour with Redis storage and counts the admitted requests:
+with one shared budget they must equal the limit exactly, whatever the number of workers.
+Bounded: every run lasts ``--duration`` seconds against 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import apps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '%(body)s'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %(token)s"
+wrk.headers["Origin"] = "%(origin)s"
+wrk.headers["X-Forwarded-Proto"] = "https"
+wrk.headers["X-Forwarded-For"] = "203.0.113.7"
+"""
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non_2xx: int
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("gunicorn did not start")
+
+
+def _ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_one(name: str, target: str, env: dict[str, str], duration: int, connections: int) -> Result:
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "sync", "-b", f"127.0.0.1:{port}",
+         "--log-level", "warning", f"benchmarks.wsgi_targets:{target}"],
+        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+    )
+    try:
+        _wait(port)
+        time.sleep(1.0)
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+            script.write(WRK_SCRIPT % {"body": apps.BODY.decode(), "token": apps.hs256_token(lifetime=86400),
+                                       "origin": apps.ORIGIN})
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script.name,
+             f"http://127.0.0.1:{port}/api/users"],
+            capture_output=True, text=True, check=True, timeout=duration + 30,
+        ).stdout
+        os.unlink(script.name)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=20)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non_2xx_match = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    non_2xx = int(non_2xx_match.group(1)) if non_2xx_match else 0
+    return Result(name, rps, p50, p99, total, non_2xx)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS_URL"))
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--limit", type=int, default=1000)
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
+        return 2
+    # The bare app must answer 201 too: it gets the same request.
+    results = [
+        run_one("bare Flask", "bare", {}, args.duration, args.connections),
+        run_one("ApiGuard, memory storage", "guarded", {"BENCH_STORAGE_URI": "memory://"},
+                args.duration, args.connections),
+    ]
+    if args.redis:
+        import redis
+
+        redis.Redis.from_url(args.redis).flushdb()
+        results.append(run_one("ApiGuard, Redis storage", "guarded", {"BENCH_STORAGE_URI": args.redis},
+                               args.duration, args.connections))
+    bare = results[0].rps
+    print(f"# gunicorn -w 2 (sync), wrk -t1 -c{args.connections} -d{args.duration}s on 127.0.0.1, "
+          f"{os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
+    print("| app | requests/s | p50 ms | p99 ms | % of bare | non-2xx |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r.name} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
+              f"{100 * r.rps / bare:.0f}% | {r.non_2xx} |")
+    if args.redis:
+        import redis
+
+        redis.Redis.from_url(args.redis).flushdb()
+        limited = run_one("limited", "guarded", {"BENCH_STORAGE_URI": args.redis,
+                                                 "BENCH_LIMIT": f"{args.limit} per hour"},
+                          min(args.duration, 5), args.connections)
+        admitted = limited.requests - limited.non_2xx
+        print(f"\nlimit {args.limit} per hour, 2 workers sharing Redis: {limited.requests} requests, "
+              f"{admitted} admitted, {limited.non_2xx} refused (429) -> "
+              f"{'exact' if admitted == args.limit else 'NOT exact'}")
+        if admitted != args.limit:
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

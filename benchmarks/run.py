@@ -1,0 +1,150 @@
+"""Microseconds per request for the same POST endpoint built several ways, in one run.
+
+Each app's WSGI callable is driven directly with a prebuilt environ (no server, no network):
+``python benchmarks/run.py`` prints a table with the median of the repeats and the ratio to
+bare Flask. ``--quick`` runs a few iterations only (the CI smoke check: no timing asserted).
+``--only NAME`` (repeatable) selects rows; ``--redis URL`` adds the Redis rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import apps
+
+
+@dataclass
+class Row:
+    name: str
+    build: Callable[[], tuple[Callable[..., Any], dict[str, Any], bytes]]
+    expect: int = 201
+
+
+def _sanity(wsgi: Callable[..., Any], environ: dict[str, Any], body: bytes, expect: int,
+            name: str) -> None:
+    status: list[str] = []
+    env = dict(environ, **{"wsgi.input": io.BytesIO(body)})
+    b"".join(wsgi(env, lambda s, h, e=None: status.append(s)))
+    if not status or int(status[0][:3]) != expect:
+        raise SystemExit(f"{name}: expected {expect}, got {status}")
+
+
+def _ec_keys() -> tuple[str, str]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return private, public
+
+
+def _guard_row(**config: Any) -> tuple[Callable[..., Any], dict[str, Any], bytes]:
+    app = apps.apiguard_app(**config)
+    with app.app_context():
+        token = app.extensions["apiguard"].guard.issue_token("ada", roles=["admin"])
+    return app, apps.environ_for(token), apps.BODY
+
+
+def rows(redis_url: str | None) -> list[Row]:
+    token = apps.hs256_token()
+    env = apps.environ_for(token)
+    found = [
+        Row("bare Flask, no checks", lambda: (apps.bare_flask(), env, apps.BODY)),
+        Row("hand-assembled: talisman + flask-limiter + flask-cors + pyjwt + marshmallow",
+            lambda: (apps.hand_assembled(), env, apps.BODY)),
+        Row("APIFlask + flask-jwt-extended + the same",
+            lambda: (apps.apiflask_stack(), env, apps.BODY)),
+        Row("plain WSGI function, same checks (the floor)",
+            lambda: (apps.wsgi_floor(), env, apps.BODY)),
+        Row("ApiGuard, memory storage (HS256)", lambda: _guard_row()),
+        Row("ApiGuard, memory storage, token cache off",
+            lambda: _guard_row(APIGUARD_JWT_CACHE_SIZE=0)),
+    ]
+    private, public = _ec_keys()
+    found.append(Row("ApiGuard, memory storage (ES256)", lambda: _guard_row(
+        APIGUARD_JWT_SECRET=None, APIGUARD_JWT_ALGORITHMS=["ES256"],
+        APIGUARD_JWT_PRIVATE_KEY=private, APIGUARD_JWT_PUBLIC_KEY=public)))
+    found.append(Row("ApiGuard, memory storage (ES256), token cache off", lambda: _guard_row(
+        APIGUARD_JWT_SECRET=None, APIGUARD_JWT_ALGORITHMS=["ES256"],
+        APIGUARD_JWT_PRIVATE_KEY=private, APIGUARD_JWT_PUBLIC_KEY=public,
+        APIGUARD_JWT_CACHE_SIZE=0)))
+    if redis_url:
+        found.append(Row("ApiGuard, Redis storage", lambda: _guard_row(storage_uri=redis_url)))
+        found.append(Row("ApiGuard, Redis storage, revocation on", lambda: _guard_row(
+            storage_uri=redis_url, APIGUARD_JWT_REVOCATION=True)))
+    return found
+
+
+def measure(rows_: list[Row], iterations: int, repeats: int) -> dict[str, float]:
+    built = []
+    for row in rows_:
+        wsgi, environ, body = row.build()
+        _sanity(wsgi, environ, body, row.expect, row.name)
+        built.append((row, wsgi, environ, body))
+    samples: dict[str, list[float]] = {row.name: [] for row in rows_}
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+        return None
+
+    for _ in range(repeats):  # interleaved, so that drift hits every row alike
+        for row, wsgi, environ, body in built:
+            started = time.perf_counter()
+            for _ in range(iterations):
+                env = environ.copy()
+                env["wsgi.input"] = io.BytesIO(body)
+                for _chunk in wsgi(env, start_response):
+                    pass
+            samples[row.name].append((time.perf_counter() - started) / iterations * 1e6)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def table(results: dict[str, float]) -> str:
+    bare = results.get("bare Flask, no checks")
+    width = max(len(n) for n in results)
+    lines = [f"| {'app':<{width}} | µs/request | x bare |", f"|{'-' * (width + 2)}|-----------:|-------:|"]
+    for name, value in results.items():
+        ratio = f"{value / bare:.2f}" if bare else "-"
+        lines.append(f"| {name:<{width}} | {value:10.1f} | {ratio:>6} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a few iterations (smoke check)")
+    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS_URL"),
+                        help="a Redis URL for the Redis rows (its database is flushed)")
+    parser.add_argument("--only", action="append", default=[], help="substring of row names")
+    args = parser.parse_args(argv)
+    iterations, repeats = (20, 2) if args.quick else (args.iterations, args.repeats)
+    if args.redis:
+        import redis
+
+        redis.Redis.from_url(args.redis).flushdb()
+    selected = [r for r in rows(args.redis)
+                if not args.only or any(o.lower() in r.name.lower() for o in args.only)]
+    results = measure(selected, iterations, repeats)
+    print(f"# {platform.python_implementation()} {platform.python_version()} on "
+          f"{platform.machine()}, {os.cpu_count()} CPUs; {iterations} requests x {repeats} "
+          f"repeats, median; {time.strftime('%Y-%m-%d')}")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
