@@ -16,9 +16,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from marshmallow import Schema  # noqa: E402
+from marshmallow import Schema
 
-from flask_apiguard.fields import SanitizedHTML  # noqa: E402
+from flask_apiguard.fields import SanitizedHTML
 
 #: About 1 KB of ordinary rich text with a few things to remove.
 HTML_1KB = (
