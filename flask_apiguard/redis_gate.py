@@ -19,7 +19,6 @@ backend (a few round trips).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +32,7 @@ from .storage import (
     LimitProbe,
     Verdict,
     WindowState,
+    _whole_seconds,
     refusal,
     sliding_window_state,
 )
@@ -225,7 +225,7 @@ class RedisScriptBackend(Backend):
             count, ttl = int(raw[0]), int(raw[1])
             return WindowState(amount, max(0, amount - count), max(0, ttl), probe.key)
         start, count = float(raw[0]), int(raw[1])
-        reset_in = max(0, math.ceil(start + expiry - now - 0.001))
+        reset_in = _whole_seconds(start + expiry - now)
         return WindowState(amount, max(0, amount - count), reset_in, probe.key)
 
     def admit(self, failure: Sequence[LimitProbe], auth_failed: bool, jti: str | None,

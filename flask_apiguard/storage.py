@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from math import floor
 from typing import Any, cast
 
 from limits import RateLimitItem
@@ -116,6 +117,45 @@ class LocalStorage(MemoryStorage):
             self._next_sweep = now + self.SWEEP_EVERY
             self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
 
+    def _count(self, key: str, now: float) -> int:
+        """``get(key)`` as the parent does it (expired keys dropped), without its error wrapper."""
+        if self.expirations.get(key, 0) <= now:
+            self.storage.pop(key, None)
+            self.expirations.pop(key, None)
+            self.locks.pop(key, None)
+            return 0
+        return self.storage.get(key, 0)
+
+    def _get_sliding_window_info(
+        self, previous_key: str, current_key: str, expiry: int, now: float
+    ) -> tuple[int, float, int, float]:
+        previous_count = self._count(previous_key, now)
+        current_count = self._count(current_key, now)
+        if previous_count == 0:
+            previous_ttl = 0.0
+        else:
+            previous_ttl = (1 - (((now - expiry) / expiry) % 1)) * expiry
+        current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
+        return previous_count, previous_ttl, current_count, current_ttl
+
+    def acquire_sliding_window_with_state(
+        self, key: str, limit: int, expiry: int, amount: int = 1
+    ) -> tuple[bool, tuple[int, float, int, float]]:
+        """``acquire_sliding_window_entry`` (same steps, same keys) that also returns the window
+        as ``get_sliding_window`` would read it right after: the memory counterpart of the
+        Redis gate's one round trip, so a request reads its counters once, not twice."""
+        now = time.time()
+        previous_key, current_key = self.sliding_window_keys(key, expiry, now)
+        previous, previous_ttl, current, current_ttl = self._get_sliding_window_info(
+            previous_key, current_key, expiry, now)
+        if amount > limit or floor(previous * previous_ttl / expiry + current) + amount > limit:
+            return False, (previous, previous_ttl, current, current_ttl)
+        current = self.incr(current_key, 2 * expiry, amount=amount)
+        if floor(previous * previous_ttl / expiry + current) > limit:
+            self.decr(current_key, amount)  # lost a race with another thread, as the parent does
+            return False, (previous, previous_ttl, current - amount, current_ttl)
+        return True, (previous, previous_ttl, current, current_ttl)
+
 
 class Counter:
     """How one :mod:`limits` strategy counts, calling the storage directly.
@@ -129,6 +169,7 @@ class Counter:
     def __init__(self, storage: Storage, strategy: str) -> None:
         self.storage: Any = storage
         self.strategy = strategy
+        self.fast_sliding = strategy == "sliding-window-counter" and isinstance(storage, LocalStorage)
         if strategy not in ("sliding-window-counter", "fixed-window", "moving-window"):
             raise ApiGuardConfigError(f"APIGUARD_RATELIMIT_STRATEGY: {strategy!r} is not supported.")
 
@@ -153,6 +194,18 @@ class Counter:
         _, count = storage.get_moving_window(probe.key, item.amount, item.get_expiry())
         return bool(count <= item.amount - probe.cost)
 
+    def hit_window(self, probe: LimitProbe, now: float) -> tuple[bool, WindowState]:
+        """Consume ``probe`` and read its window afterwards (in one step where the storage can)."""
+        if self.fast_sliding:
+            expiry = probe.item.get_expiry()
+            allowed, (previous, previous_ttl, current, current_ttl) = \
+                self.storage.acquire_sliding_window_with_state(probe.key, probe.item.amount, expiry,
+                                                               probe.cost)
+            return allowed, sliding_window_state(probe.item.amount, expiry, previous, previous_ttl,
+                                                 current, current_ttl, probe.key)
+        allowed = self.hit(probe)
+        return allowed, self.window(probe, now)
+
     def window(self, probe: LimitProbe, now: float) -> WindowState:
         item, storage = probe.item, self.storage
         expiry = item.get_expiry()
@@ -165,9 +218,8 @@ class Counter:
             reset = storage.get_expiry(probe.key)
         else:
             start, count = storage.get_moving_window(probe.key, item.amount, expiry)
-            remaining, reset = item.amount - count, start + expiry - 0.001
-        return WindowState(item.amount, max(0, int(remaining)), max(0, math.ceil(reset - now)),
-                           probe.key)
+            remaining, reset = item.amount - count, start + expiry
+        return WindowState(item.amount, max(0, int(remaining)), _whole_seconds(reset - now), probe.key)
 
 
 def sliding_window_state(amount: int, expiry: float, previous: int, previous_ttl: float,
@@ -179,8 +231,13 @@ def sliding_window_state(amount: int, expiry: float, previous: int, previous_ttl
         return WindowState(amount, remaining, 0, key)
     previous_reset_in = previous_ttl % (expiry / previous) if previous else math.inf
     current_reset_in = current_ttl % expiry if current else math.inf
-    reset_in = max(0, math.ceil(min(previous_reset_in, current_reset_in)))
+    reset_in = _whole_seconds(min(previous_reset_in, current_reset_in))
     return WindowState(amount, remaining, reset_in, key)
+
+
+def _whole_seconds(seconds: float) -> int:
+    """Seconds rounded up for a header, ignoring float noise (8.0000000001 is 8, not 9)."""
+    return max(0, math.ceil(seconds - 0.001))
 
 
 class Backend:
@@ -212,7 +269,10 @@ class Backend:
                     now = time.time()
                     return refusal(probe, [(p, counter.window(p, now)) for p in limits])
         for probe in limits:
-            if probe.hit:
+            window: WindowState | None = None
+            if probe.hit and want_window:
+                allowed, window = counter.hit_window(probe, time.time())
+            elif probe.hit:
                 allowed = counter.hit(probe)
             else:
                 allowed = several or counter.test(probe)
@@ -220,9 +280,10 @@ class Backend:
                 now = time.time()
                 return refusal(probe, [(p, counter.window(p, now)) for p in limits])
             if want_window:
-                state = counter.window(probe, time.time())
-                if best is None or (state.remaining, state.reset_in) < (best.remaining, best.reset_in):
-                    best = state
+                if window is None:
+                    window = counter.window(probe, time.time())
+                if best is None or (window.remaining, window.reset_in) < (best.remaining, best.reset_in):
+                    best = window
         return Verdict(window=best)
 
     def count_failure(self, failure: Sequence[LimitProbe]) -> None:

@@ -1,0 +1,106 @@
+"""Our direct storage calls count exactly as limits' own strategies do, step by step.
+
+The pipeline skips the strategy objects (and, on memory storage, reads a window in the same
+step as it consumes it). These tests replay random sequences on limits' own MemoryStorage and
+strategy objects and on ours, under one fake clock, and compare every answer.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import pytest
+from limits import parse
+from limits.storage import MemoryStorage
+from limits.strategies import STRATEGIES
+
+from flask_apiguard.storage import Counter, LimitProbe, LocalStorage
+
+STRATEGY_NAMES = ["sliding-window-counter", "fixed-window", "moving-window"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(time, "time", fake)
+    return fake
+
+
+def reference_reset_in(strategy: str, reset_time: float, now: float) -> int:
+    """The strategy's reset time as whole seconds from now (float noise below 1 ms ignored)."""
+    return max(0, math.ceil(reset_time - now - 0.001))
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
+@pytest.mark.parametrize("seed", range(6))
+def test_counter_matches_limits_strategies(clock: Clock, strategy: str, seed: int) -> None:
+    rng = random.Random(seed)
+    item = parse(rng.choice(["5/10 seconds", "3/second", "20 per minute"]))
+    reference_storage = MemoryStorage()
+    reference = STRATEGIES[strategy](reference_storage)
+    ours = Counter(LocalStorage(), strategy)
+    try:
+        for step in range(300):
+            clock.now += rng.choice([0.0, 0.01, 0.2, 0.7, 1.3, 4.0])
+            key = rng.choice(["a", "b"])
+            cost = rng.choice([1, 1, 1, 2])
+            probe = LimitProbe(item, ("apiguard", "view:x", key), cost)
+            action = rng.choice(["hit", "hit", "test", "window", "hit_window"])
+            context = (strategy, seed, step, action, key, cost)
+            if action in ("hit", "hit_window"):
+                expected = reference.hit(item, *probe.identifiers, cost=cost)
+                if action == "hit":
+                    assert ours.hit(probe) == expected, context
+                else:
+                    allowed, window = ours.hit_window(probe, clock.now)
+                    assert allowed == expected, context
+                    reset_time, remaining = reference.get_window_stats(item, *probe.identifiers)
+                    assert window.remaining == max(0, remaining), context
+                    assert window.reset_in == reference_reset_in(strategy, reset_time, clock.now), context
+            elif action == "test":
+                assert ours.test(probe) == reference.test(item, *probe.identifiers, cost=cost), context
+            else:
+                reset_time, remaining = reference.get_window_stats(item, *probe.identifiers)
+                window = ours.window(probe, clock.now)
+                assert window.remaining == max(0, remaining), context
+                assert window.reset_in == reference_reset_in(strategy, reset_time, clock.now), context
+    finally:
+        reference_storage.timer.cancel()
+
+
+def test_local_storage_is_limits_memory_storage() -> None:
+    storage = LocalStorage()
+    assert isinstance(storage, MemoryStorage)
+    storage.timer.join(1)
+    assert not storage.timer.is_alive()  # no timer thread every 10 ms
+    storage.incr("k", 60)
+    assert not storage.timer.is_alive()
+
+
+def test_local_storage_sweeps_expired_keys_inline(clock: Clock) -> None:
+    storage = LocalStorage()
+    for i in range(50):
+        storage.incr(f"k{i}", 1)
+    clock.now += 10
+    time_mono = storage._next_sweep
+    storage._next_sweep = 0  # the next write sweeps
+    storage.incr("fresh", 60)
+    assert set(storage.storage) == {"fresh"}
+    assert storage._next_sweep != time_mono
+
+
+def test_cost_larger_than_the_limit_is_refused(clock: Clock) -> None:
+    ours = Counter(LocalStorage(), "sliding-window-counter")
+    probe = LimitProbe(parse("2/minute"), ("apiguard", "view:y", "k"), cost=3)
+    allowed, window = ours.hit_window(probe, clock.now)
+    assert not allowed and window.remaining == 2
