@@ -168,7 +168,8 @@ def keys_create(name: str, scopes: tuple[str, ...], roles: tuple[str, ...], owne
         expires_in=expires_days * 86400 if expires_days else None,
     )
     click.echo(plaintext)
-    click.echo(f"key_id={key.key_id} name={key.name} expires={key.expires_at or 'never'}", err=True)
+    expires = key.expires_at.isoformat(timespec="seconds") if key.expires_at else "never"
+    click.echo(f"key_id={key.key_id} name={key.name} expires={expires}", err=True)
     click.echo("Store it now: it cannot be shown again.", err=True)
 
 

@@ -599,6 +599,12 @@ def load_config(config: Mapping[str, Any], instance_path: str = ".") -> GuardCon
             f"is {len(secret)} bytes; at least 32 are required for HMAC (RFC 7518 section 3.2). "
             'Generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"',
         )
+    if "exp" not in parsed["JWT_REQUIRED_CLAIMS"] and parsed["JWT_MAX_AGE"] is None:
+        raise _fail(
+            "JWT_REQUIRED_CLAIMS",
+            "'exp' must stay required: a token without it would never expire. Keep 'exp', or "
+            "set APIGUARD_JWT_MAX_AGE to bound tokens by their 'iat' instead.",
+        )
     if parsed["JWT_REVOCATION"] and "jti" not in parsed["JWT_REQUIRED_CLAIMS"]:
         parsed["JWT_REQUIRED_CLAIMS"] = (*parsed["JWT_REQUIRED_CLAIMS"], "jti")
     if parsed["JWT_MAX_AGE"] is not None and "iat" not in parsed["JWT_REQUIRED_CLAIMS"]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ from werkzeug.wrappers import Response
 from . import seclog
 from .config import GuardConfig, load_config
 from .errors import (
+    ApiGuardConfigError,
     ApiGuardError,
     Forbidden,
     HttpsRequired,
@@ -88,8 +89,7 @@ class RequestState:
     preflight: bool = False
     error: ApiGuardError | None = None
     window: WindowState | None = None
-    deferred: list[LimitProbe] = field(default_factory=list)
-    validated: dict[str, Any] | None = None
+    deferred: tuple[LimitProbe, ...] = ()
 
 
 class GuardState:
@@ -160,6 +160,13 @@ class GuardState:
         )
         query_spec = declared.validations.get("query")
         order = ("path", "headers", "query", "form", "json")
+        rule_arguments = next((r.arguments for r in current_app.url_map.iter_rules(endpoint)), set())
+        for spec in declared.validations.values():
+            if spec.arg_name in rule_arguments:
+                raise ApiGuardConfigError(
+                    f"@validate on {endpoint!r}: the URL rule already has an argument named "
+                    f"{spec.arg_name!r}; pass arg_name= to name the loaded data differently."
+                )
         return Route(
             endpoint=endpoint,
             public=public,
@@ -208,14 +215,13 @@ def _authorization_error(route: Route, identity: Identity) -> ApiGuardError | No
     for needed in route.scope_rules:
         if not needed <= identity.scopes:
             return Forbidden("Your credentials lack a scope this action requires.")
-    if route.api_key_scopes and (
-        identity.method != "api_key" or not route.api_key_scopes <= identity.scopes
-    ):
+    if route.api_key_scopes and identity.method == "api_key" \
+            and not route.api_key_scopes <= identity.scopes:
         return Forbidden("The API key lacks a scope this action requires.")
     return None
 
 
-def _after_deferred(window: WindowState | None, used: list[LimitProbe],
+def _after_deferred(window: WindowState | None, used: tuple[LimitProbe, ...],
                     counted: list[WindowState]) -> WindowState | None:
     """The window to report once the ``count="failures"`` probes of this failed response are
     counted: their fresh windows compete with the window of the other limits."""
@@ -285,8 +291,17 @@ class ApiGuard:
             app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
         # Our hook runs before the app's own hooks, and our after-hook after theirs (Flask
         # runs after-request functions in reverse order of registration).
-        app.before_request_funcs.setdefault(None, []).insert(0, self._before_request)
-        app.after_request_funcs.setdefault(None, []).insert(0, self._after_request)
+        # The hooks close over this app's state (no current_app lookup per request) and are
+        # plain functions (Flask checks each hook for a coroutine on every call; a function is
+        # the cheap case).
+        def before_request() -> ResponseReturnValue | None:
+            return self._before_request(state)
+
+        def after_request(response: Response) -> Response:
+            return self._after_request(state, response)
+
+        app.before_request_funcs.setdefault(None, []).insert(0, before_request)
+        app.after_request_funcs.setdefault(None, []).insert(0, after_request)
         app.register_error_handler(wz.HTTPException, self._handle_http_error)
         from .audit import warn_at_startup
         from .cli import apiguard_cli
@@ -295,11 +310,10 @@ class ApiGuard:
         warn_at_startup(app, state)
 
     # -- the pipeline -------------------------------------------------------------------------
-    def _before_request(self) -> ResponseReturnValue | None:
-        state = _state()
+    def _before_request(self, state: GuardState) -> ResponseReturnValue | None:
         req: Request = request._get_current_object()  # type: ignore[attr-defined]
         current = RequestState(request_id=state.request_ids.resolve(req.environ))
-        setattr(g, G_ATTR, current)
+        setattr(g._get_current_object(), G_ATTR, current)
         try:
             return self._pipeline(state, req, current)
         except ApiGuardError as exc:
@@ -386,7 +400,7 @@ class ApiGuard:
             current.window = verdict.window
             if auth_error is None and authz_error is None and verdict.breached is not None:
                 raise _too_many(RateLimitExceeded, verdict.retry_after)
-            current.deferred = [p for p in limits if not p.hit]
+            current.deferred = tuple(p for p in limits if not p.hit) if limits else ()
         if auth_error is not None:
             current.identity = ANONYMOUS
             raise auth_error
@@ -397,11 +411,11 @@ class ApiGuard:
         document = state.body.check_body(req, route.accepts_form)
         state.body.check_query(req, route.list_query_fields)
         if route.validations:
-            current.validated = {
-                spec.arg_name: load_location(req, spec.location, spec.schema, spec.list_fields,
-                                             document)
-                for spec in route.validations
-            }
+            view_args = req.view_args if req.view_args is not None else {}
+            for spec in route.validations:
+                view_args[spec.arg_name] = load_location(req, spec.location, spec.schema,
+                                                         spec.list_fields, document)
+            req.view_args = view_args
         # 11. the view
         return None
 
@@ -425,8 +439,7 @@ class ApiGuard:
         return exc
 
     # -- after the view -----------------------------------------------------------------------
-    def _after_request(self, response: Response) -> Response:
-        state = _state()
+    def _after_request(self, state: GuardState, response: Response) -> Response:
         config = state.config
         current: RequestState | None = g.get(G_ATTR)
         if current is None:

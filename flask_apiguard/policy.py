@@ -8,20 +8,14 @@ one location) raise :class:`TypeError` when the module is imported, not at the f
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, TypeVar, overload
 
-from flask import current_app, g
 from limits import RateLimitItem, parse_many
 
 from .errors import ApiGuardConfigError
-from .identity import G_ATTR
 
-P = ParamSpec("P")
-R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: The attribute that carries a view's :class:`Policy`.
@@ -300,9 +294,7 @@ def rate_limit_exempt(view: F) -> F:
     return view
 
 
-def validate(
-    schema: Any, location: str = "json", arg_name: str | None = None
-) -> Callable[[Callable[P, R]], Callable[P, R]]:
+def validate(schema: Any, location: str = "json", arg_name: str | None = None) -> Callable[[F], F]:
     """Load and validate request data with a marshmallow schema before the view runs.
 
     :param schema: a ``Schema`` class, a ``Schema`` instance or a dict of fields (the schema is
@@ -310,8 +302,11 @@ def validate(
     :param location: ``json``, ``query``, ``form``, ``headers`` or ``path``.
     :param arg_name: the keyword the loaded data is passed as (default ``<location>_data``).
 
-    Unknown fields are refused in every location but ``headers`` (a schema's own
-    ``Meta.unknown`` wins). Failures answer 400 ``validation_error`` with ``errors`` per field.
+    Like every decorator here it only records: the pipeline loads the data and passes it to the
+    view as a keyword argument (through the request's view arguments), so it works above or
+    below the route decorator and on async views. Unknown fields are refused in every location
+    but ``headers`` (a schema's own ``Meta.unknown`` wins). Failures answer 400
+    ``validation_error`` with ``errors`` per field.
     """
     from .layers.validation import build_schema
 
@@ -323,39 +318,21 @@ def validate(
     built, list_fields = build_schema(schema, location)
     spec = ValidationSpec(location, built, name, list_fields)
 
-    def decorate(view: Callable[P, R]) -> Callable[P, R]:
+    def record(view: F) -> F:
         if isinstance(view, type):
             raise TypeError(
                 f"@validate applies to a view function or a MethodView method, not to the class "
                 f"{view.__qualname__}."
             )
-        existing = getattr(view, POLICY_ATTR, None)
-        if existing is not None and location in existing.validations:
+        policy = _policy_of(view)
+        if location in policy.validations:
             raise TypeError(f"{_name(view)}: @validate(location={location!r}) is declared twice.")
-
-        is_async = inspect.iscoroutinefunction(view)
-
-        @functools.wraps(view)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            loaded = getattr(g.get(G_ATTR), "validated", None)
-            if loaded is None or name not in loaded:
-                raise RuntimeError(
-                    f"{_name(view)} is decorated with @validate but ApiGuard did not run for "
-                    "this request. Create ApiGuard(app) (or call init_app) for this app."
-                )
-            kwargs[name] = loaded[name]
-            if is_async:
-                return current_app.ensure_sync(view)(*args, **kwargs)  # type: ignore[no-any-return]
-            return view(*args, **kwargs)
-
-        # functools.wraps shares the wrapped view's policy object; give the wrapper its own
-        # copy so that the inner function, if registered elsewhere, is not affected.
-        policy = existing.copy() if existing is not None else Policy()
+        if any(v.arg_name == name for v in policy.validations.values()):
+            raise TypeError(f"{_name(view)}: two @validate use the argument name {name!r}.")
         policy.validations[location] = spec
-        setattr(wrapper, POLICY_ATTR, policy)
-        return wrapper
+        return view
 
-    return decorate
+    return record
 
 
 def _names(decorator: str, names: Iterable[str]) -> list[str]:

@@ -45,8 +45,24 @@ _SCRIPTS = {
 }
 
 _MAIN = r"""
--- ARGV: now, nfail, auth_failed, has_jti, nlimits, want_window, then 4 per probe
--- (amount, expiry, cost, hit); KEYS: the probes' keys in order, then the revocation key.
+-- ARGV[1], space-separated (one argument is cheaper to send than twenty): now, nfail,
+-- auth_failed, has_jti, nlimits, want_window, then 4 per probe (amount, expiry, cost, hit).
+-- KEYS: the probes' keys in order, then the revocation key.
+-- The answer is one space-separated string: code, probe index, then the windows' figures.
+local ARGS = {}
+for token in string.gmatch(ARGV[1], "%S+") do
+  ARGS[#ARGS + 1] = token
+end
+local ARGV = ARGS
+local function answer(code, index, windows)
+  local out = {code, index}
+  for _, w in ipairs(windows) do
+    for _, v in ipairs(w) do
+      out[#out + 1] = tostring(v)
+    end
+  end
+  return table.concat(out, " ")
+end
 local now = tonumber(ARGV[1])
 local nfail = tonumber(ARGV[2])
 local auth_failed = ARGV[3] == "1"
@@ -73,7 +89,7 @@ local revoked_key = KEYS[k]
 for i = 1, nfail do
   local p = fail_probes[i]
   if not test(p[1], p[2], p[3], 1, now) then
-    return {1, i, window(p[1], p[2], p[3], now)}
+    return answer(1, i, {window(p[1], p[2], p[3], now)})
   end
 end
 if auth_failed then
@@ -81,14 +97,14 @@ if auth_failed then
     local p = fail_probes[i]
     hit(p[1], p[2], p[3], 1, now)
   end
-  return {2}
+  return answer(2, 0, {})
 end
 if has_jti and redis.call('exists', revoked_key) == 1 then
   for i = 1, nfail do
     local p = fail_probes[i]
     hit(p[1], p[2], p[3], 1, now)
   end
-  return {3}
+  return answer(3, 0, {})
 end
 local function refused(i)
   local all = {}
@@ -96,7 +112,7 @@ local function refused(i)
     local q = limit_probes[j]
     all[j] = window(q[1], q[2], q[3], now)
   end
-  return {4, i, all}
+  return answer(4, i, all)
 end
 -- all or nothing: a request one limit refuses uses up none of the others
 if nlimits > 1 then
@@ -123,7 +139,7 @@ for i = 1, nlimits do
     windows[#windows + 1] = window(p[1], p[2], p[3], now)
   end
 end
-return {0, 0, windows}
+return answer(0, 0, windows)
 """
 
 _SLIDING = r"""
@@ -207,6 +223,8 @@ class RedisScriptBackend(Backend):
         self.strategy = strategy
         self.redis = redis_storage
         self.script = redis_storage.get_connection().register_script(compose(strategy))
+        #: How many figures the script returns per window.
+        self.width = 4 if strategy == "sliding-window-counter" else 2
 
     def _keys(self, probe: LimitProbe) -> list[str]:
         storage = self.redis
@@ -215,16 +233,16 @@ class RedisScriptBackend(Backend):
                     storage.prefixed_key(storage._current_window_key(probe.key))]
         return [storage.prefixed_key(probe.key)]
 
-    def _state(self, probe: LimitProbe, raw: Sequence[Any], now: float) -> WindowState:
+    def _state(self, probe: LimitProbe, raw: Sequence[bytes], now: float) -> WindowState:
         amount, expiry = probe.item.amount, probe.item.get_expiry()
         if self.strategy == "sliding-window-counter":
             previous, previous_ttl, current, current_ttl = (float(v) for v in raw)
             return sliding_window_state(amount, expiry, int(previous), max(0.0, previous_ttl) / 1000,
                                         int(current), max(0.0, current_ttl) / 1000, probe.key)
         if self.strategy == "fixed-window":
-            count, ttl = int(raw[0]), int(raw[1])
+            count, ttl = int(float(raw[0])), int(float(raw[1]))
             return WindowState(amount, max(0, amount - count), max(0, ttl), probe.key)
-        start, count = float(raw[0]), int(raw[1])
+        start, count = float(raw[0]), int(float(raw[1]))
         reset_in = _whole_seconds(start + expiry - now)
         return WindowState(amount, max(0, amount - count), reset_in, probe.key)
 
@@ -232,30 +250,34 @@ class RedisScriptBackend(Backend):
               limits: Sequence[LimitProbe], want_window: bool) -> Verdict:
         now = time.time()
         keys: list[str] = []
-        args: list[Any] = [repr(now), len(failure), int(auth_failed), int(jti is not None),
-                           len(limits), int(want_window)]
+        args: list[str] = [repr(now), str(len(failure)), "1" if auth_failed else "0",
+                           "0" if jti is None else "1", str(len(limits)), "1" if want_window else "0"]
         for probe in failure:
             keys.extend(self._keys(probe))
-            args.extend((probe.item.amount, probe.item.get_expiry(), 1, 1))
+            args.append(f"{probe.item.amount} {probe.item.get_expiry()} 1 1")
         for probe in limits:
             keys.extend(self._keys(probe))
-            args.extend((probe.item.amount, probe.item.get_expiry(), probe.cost, int(probe.hit)))
+            args.append(f"{probe.item.amount} {probe.item.get_expiry()} {probe.cost} {int(probe.hit)}")
         keys.append(REVOKED_PREFIX + (jti or ""))
-        result = self.script(keys=keys, args=args)
-        code = int(result[0])
+        answer = self.script(keys=keys, args=[" ".join(args)]).split()
+        code, index, figures = int(answer[0]), int(answer[1]), answer[2:]
+        width = self.width
+
+        def states(probes: Sequence[LimitProbe]) -> list[tuple[LimitProbe, WindowState]]:
+            return [(p, self._state(p, figures[i * width:(i + 1) * width], now))
+                    for i, p in enumerate(probes)]
+
         if code == 1:
-            state = self._state(failure[int(result[1]) - 1], result[2], now)
+            _, state = states([failure[index - 1]])[0]
             return Verdict(throttled=True, retry_after=max(1, state.reset_in))
         if code == 2:
             return Verdict()
         if code == 3:
             return Verdict(revoked=True)
         if code == 4:
-            states = [(p, self._state(p, raw, now)) for p, raw in zip(limits, result[2], strict=True)]
-            return refusal(limits[int(result[1]) - 1], states)
+            return refusal(limits[index - 1], states(limits))
         best: WindowState | None = None
-        for probe, raw in zip(limits, result[2], strict=True):
-            state = self._state(probe, raw, now)
+        for _, state in states(limits) if want_window else ():
             if best is None or (state.remaining, state.reset_in) < (best.remaining, best.reset_in):
                 best = state
         return Verdict(window=best)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from math import floor
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from limits import RateLimitItem
 from limits.errors import StorageError
@@ -62,8 +62,7 @@ class LimitProbe:
             object.__setattr__(self, "key", storage_key(self.item, self.identifiers))
 
 
-@dataclass(frozen=True, slots=True)
-class WindowState:
+class WindowState(NamedTuple):
     """What the ``RateLimit-*`` headers report: the limit, what is left, seconds to reset,
     and the storage key of the counter it describes."""
 
@@ -150,7 +149,14 @@ class LocalStorage(MemoryStorage):
             previous_key, current_key, expiry, now)
         if amount > limit or floor(previous * previous_ttl / expiry + current) + amount > limit:
             return False, (previous, previous_ttl, current, current_ttl)
-        current = self.incr(current_key, 2 * expiry, amount=amount)
+        # incr(), minus the checks it repeats: the key was just read (and so expired) above
+        self._MemoryStorage__schedule_expiry()
+        with self.locks[current_key]:
+            counts = self.storage
+            counts[current_key] += amount
+            current = counts[current_key]
+            if current == amount:
+                self.expirations[current_key] = now + 2 * expiry
         if floor(previous * previous_ttl / expiry + current) > limit:
             self.decr(current_key, amount)  # lost a race with another thread, as the parent does
             return False, (previous, previous_ttl, current - amount, current_ttl)
@@ -247,14 +253,33 @@ class Backend:
         self.storage = storage
         self.counter = Counter(storage, strategy)
         self.revocations = revocations
+        #: With this process's memory as the storage, the failure counters can only be
+        #: non-zero for the probes this process counted: remember until when, and skip the
+        #: test for every other client (a dict lookup instead of reading two counters).
+        self._local_failures: dict[str, float] | None = (
+            {} if isinstance(storage, LocalStorage) else None)
+
+    def _maybe_failed(self, probe: LimitProbe, now: float) -> bool:
+        seen = self._local_failures
+        if seen is None:
+            return True
+        until = seen.get(probe.key)
+        if until is None:
+            return False
+        if until <= now:
+            seen.pop(probe.key, None)
+            return False
+        return True
 
     def admit(self, failure: Sequence[LimitProbe], auth_failed: bool, jti: str | None,
               limits: Sequence[LimitProbe], want_window: bool) -> Verdict:
         counter = self.counter
-        for probe in failure:
-            if not counter.test(probe):
-                state = counter.window(probe, time.time())
-                return Verdict(throttled=True, retry_after=max(1, state.reset_in))
+        if failure:
+            now = time.time()
+            for probe in failure:
+                if self._maybe_failed(probe, now) and not counter.test(probe):
+                    state = counter.window(probe, now)
+                    return Verdict(throttled=True, retry_after=max(1, state.reset_in))
         if auth_failed:
             self.count_failure(failure)
             return Verdict()
@@ -287,8 +312,17 @@ class Backend:
         return Verdict(window=best)
 
     def count_failure(self, failure: Sequence[LimitProbe]) -> None:
+        seen = self._local_failures
         for probe in failure:
             self.counter.hit(probe)
+            if seen is not None:
+                # a counter lives at most two windows (sliding window counter), so after
+                # that it is certainly back to zero
+                seen[probe.key] = time.time() + 2 * probe.item.get_expiry() + 1
+                if len(seen) > 100_000:
+                    now = time.time()
+                    for key in [k for k, until in seen.items() if until <= now]:
+                        del seen[key]
 
     def hit(self, probes: Sequence[LimitProbe], want_window: bool = False) -> list[WindowState]:
         for probe in probes:

@@ -41,3 +41,10 @@ def test_load_py_is_importable_and_needs_wrk() -> None:
     assert callable(load.main)
     if shutil.which("wrk") is None:
         assert load.main(["--duration", "1"]) == 2
+
+
+def test_layers_py_quick(capsys: Any) -> None:
+    from benchmarks import layers
+
+    assert layers.main(["--quick"]) == 0
+    assert "+ @validate" in capsys.readouterr().out
