@@ -73,14 +73,28 @@ def find_user(db: sqlite3.Connection, username: str) -> dict[str, Any] | None:
     return user
 
 
+def _prepare(db: sqlite3.Connection) -> None:
+    """WAL and the tables. Several workers starting on a new file race for the locks these
+    take (SQLite may answer "locked" at once to a journal-mode change), so retry briefly."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.executescript(SCHEMA)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def init_app(app: Flask) -> None:
     """Create the tables, seed an admin on first start, and close connections after requests."""
     app.teardown_appcontext(close_db)
     with app.app_context():
         db = connect(app.config["EXAMPLE_DATABASE"])
         try:
-            db.execute("PRAGMA journal_mode = WAL")
-            db.executescript(SCHEMA)
+            _prepare(db)
             has_users = db.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
             if not has_users:
                 password = app.config.get("EXAMPLE_ADMIN_PASSWORD") or secrets.token_urlsafe(12)

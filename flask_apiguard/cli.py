@@ -39,7 +39,7 @@ def _describe(route: Route) -> dict[str, Any]:
         limits.append(str(limit.item) + (f" ({', '.join(notes)})" if notes else ""))
     return {
         "public": route.public,
-        "optional": declared.optional and not route.public,
+        "optional": declared.optional and not route.public and not route.required,
         "required": route.required,
         "auth": auth,
         "roles": roles,

@@ -98,6 +98,7 @@ PUBLIC_KEY_ALGORITHMS = frozenset(
 _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP field name (RFC 9110 token)
 _LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
 _HOST_RE = re.compile(rf"^(\*|\.?{_LABEL}(\.{_LABEL})*|\[[0-9a-f:.]+\])$")
+_ORIGIN = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -390,11 +391,13 @@ def _cors_origins(key: str, value: Any) -> tuple[str, ...]:
                 re.compile(origin[3:])
             except re.error as exc:
                 raise _fail(key, f"{origin!r} is not a valid regular expression ({exc}).") from None
-        elif origin != "*" and (origin.endswith("/") or "://" not in origin) and origin != "null":
+        elif origin not in ("*", "null") and not _ORIGIN.fullmatch(origin):
+            hint = (" A wildcard needs a pattern, e.g. 're:https://[a-z0-9-]+\\.example\\.com'."
+                    if "*" in origin else "")
             raise _fail(
                 key,
                 f"{origin!r} is not an origin. Write scheme://host[:port] with no path or "
-                "trailing slash (for example 'https://app.example.com'), or 're:<regex>'.",
+                "trailing slash (for example 'https://app.example.com'), or 're:<regex>'." + hint,
             )
     return origins
 

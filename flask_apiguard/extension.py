@@ -48,7 +48,7 @@ from .layers.ratelimit import CompiledLimit, compile_limits, failure_probes, pro
 from .layers.requestid import RequestIds, new_request_id
 from .layers.validation import load as load_location
 from .policy import Policy, ValidationSpec, declared_policy
-from .storage import LimitProbe, SharedState, WindowState, redis_client_defaults
+from .storage import Backend, LimitProbe, SharedState, WindowState, redis_client_defaults
 
 if TYPE_CHECKING:
     from flask.wrappers import Request
@@ -89,7 +89,9 @@ class RequestState:
     preflight: bool = False
     error: ApiGuardError | None = None
     window: WindowState | None = None
-    deferred: tuple[LimitProbe, ...] = ()
+    #: The ``count="failures"`` probes this request holds a place in, and where.
+    reserved: tuple[LimitProbe, ...] = ()
+    reserved_on: Backend | None = None
 
 
 class GuardState:
@@ -155,12 +157,12 @@ class GuardState:
             endpoint in config.public_endpoints and not declared.needs_identity
         )
         methods = declared.methods or {"jwt", "api_key"}
-        required = not public and not declared.optional and (
-            config.default_deny or declared.needs_identity
+        required = not public and (
+            (config.default_deny and not declared.optional) or declared.needs_identity
         )
         query_spec = declared.validations.get("query")
         order = ("path", "headers", "query", "form", "json")
-        rule_arguments = next((r.arguments for r in current_app.url_map.iter_rules(endpoint)), set())
+        rule_arguments = {a for r in current_app.url_map.iter_rules(endpoint) for a in r.arguments}
         for spec in declared.validations.values():
             if spec.arg_name in rule_arguments:
                 raise ApiGuardConfigError(
@@ -207,7 +209,10 @@ def _state() -> GuardState:
 def _authorization_error(route: Route, identity: Identity) -> ApiGuardError | None:
     """Step 8 on its own: default-deny, roles and scopes (no I/O)."""
     if not identity.is_authenticated:
-        return Unauthorized() if route.required else None
+        # Fail closed: any role or scope requirement needs an authenticated caller, whatever
+        # an optional=True at another level (class, view, method) says.
+        needs = route.required or route.role_rules or route.scope_rules or route.api_key_scopes
+        return Unauthorized() if needs else None
     held = identity.roles
     for names, require in route.role_rules:
         if not (names <= held if require == "all" else names & held):
@@ -300,8 +305,15 @@ class ApiGuard:
         def after_request(response: Response) -> Response:
             return self._after_request(state, response)
 
+        def teardown_request(exc: BaseException | None = None) -> None:
+            current = g.get(G_ATTR)
+            if current is not None and current.reserved and current.reserved_on is not None:
+                state.shared.settle(current.reserved_on, current.reserved, failed=True)
+                current.reserved = ()
+
         app.before_request_funcs.setdefault(None, []).insert(0, before_request)
         app.after_request_funcs.setdefault(None, []).insert(0, after_request)
+        app.teardown_request(teardown_request)
         app.register_error_handler(wz.HTTPException, self._handle_http_error)
         from .audit import warn_at_startup
         from .cli import apiguard_cli
@@ -337,27 +349,32 @@ class ApiGuard:
         # 3. trusted host (the trusted X-Forwarded-Host behind proxies)
         if state.hosts is not None:
             state.hosts.check(req.host)
+        current.credentials = bool(
+            "HTTP_AUTHORIZATION" in environ or state.api_key_environ in environ
+            or "HTTP_COOKIE" in environ
+        )
         # 4. HTTPS
         if config.force_https and not req.is_secure:
             if method in ("GET", "HEAD"):
-                return Response(status=301, headers={"Location": "https://" + req.url[len("http://"):]})
+                redirect = Response(status=301, headers={"Location": "https://" + req.url[len("http://"):]})
+                if state.hosts is None:  # the Location echoes an unchecked Host: keep it out of caches
+                    redirect.headers["Cache-Control"] = "no-store"
+                return redirect
             raise HttpsRequired()
         # routing: unknown paths 404, wrong methods 405, for anyone
         if req.routing_exception is not None:
             raise self._routing_error(req.routing_exception)
         assert req.url_rule is not None and req.url_rule.endpoint is not None
         route = current.route = state.route(req.url_rule.endpoint, method)
-        current.credentials = bool(
-            "HTTP_AUTHORIZATION" in environ or state.api_key_environ in environ
-            or "HTTP_COOKIE" in environ
-        )
         # 5. CORS preflight, answered here; OPTIONS is never authenticated nor counted
         if method == "OPTIONS":
             if state.cors is not None and "HTTP_ORIGIN" in environ \
                     and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ:
                 current.preflight = True
                 return state.cors.preflight(req.headers)
-            return None
+            # Never the view: a view that handles OPTIONS itself would otherwise run for
+            # anyone, unauthenticated and uncounted. Flask's own answer lists the methods.
+            return current_app.make_default_options_response()
         # 6. body size, before anything reads the body
         state.body.check_size(req)
 
@@ -400,7 +417,7 @@ class ApiGuard:
             current.window = verdict.window
             if auth_error is None and authz_error is None and verdict.breached is not None:
                 raise _too_many(RateLimitExceeded, verdict.retry_after)
-            current.deferred = tuple(p for p in limits if not p.hit) if limits else ()
+            current.reserved, current.reserved_on = verdict.reserved, verdict.backend
         if auth_error is not None:
             current.identity = ANONYMOUS
             raise auth_error
@@ -469,9 +486,12 @@ class ApiGuard:
                 if "origin" not in vary.lower():
                     headers["Vary"] = f"{vary}, Origin"
         status = response.status_code
-        if current.deferred and status >= 400:
-            counted = state.shared.hit(current.deferred, config.ratelimit_headers)
-            current.window = _after_deferred(current.window, current.deferred, counted)
+        if current.reserved and current.reserved_on is not None:
+            reserved, backend = current.reserved, current.reserved_on
+            current.reserved, current.reserved_on = (), None
+            counted = state.shared.settle(backend, reserved, status >= 400, config.ratelimit_headers)
+            if status >= 400:
+                current.window = _after_deferred(current.window, reserved, counted)
         if current.window is not None and config.ratelimit_headers:
             window = current.window
             add(("RateLimit-Limit", str(window.limit)))
@@ -523,7 +543,8 @@ class ApiGuard:
         """Denylist a token (or a bare ``jti``) in the shared storage until it expires.
 
         A token is verified with the configured keys (an expired one is accepted; nothing
-        else is) and kept until its ``exp`` plus the leeway. A bare ``jti`` is kept for
+        else is) and kept until its ``exp`` plus the leeway, or, without ``exp``, until its
+        ``iat`` plus ``APIGUARD_JWT_MAX_AGE`` plus the leeway. A bare ``jti`` is kept for
         ``APIGUARD_JWT_MAX_AGE`` (plus leeway) when set, otherwise for 30 days.
 
         :raises RuntimeError: when ``APIGUARD_JWT_REVOCATION`` is off (revoking would have no
@@ -540,17 +561,21 @@ class ApiGuard:
         if not isinstance(token_or_jti, str) or not token_or_jti:
             raise ValueError("revoke_token takes a token or a jti string.")
         leeway = config.jwt_leeway
+        max_age = config.jwt_max_age
         if token_or_jti.count(".") == 2:
-            jti, exp = state.jwt.decode_for_revocation(token_or_jti)
-            if exp is None:
-                ttl = float(_DEFAULT_REVOCATION_TTL)
+            jti, exp, iat = state.jwt.decode_for_revocation(token_or_jti)
+            now = time.time()
+            if exp is not None:
+                ttl = exp - now + leeway
+            elif max_age is not None:
+                ttl = (iat if iat is not None else now) + max_age - now + leeway
             else:
-                ttl = exp - time.time() + leeway
-                if ttl <= 0:
-                    return
+                ttl = float(_DEFAULT_REVOCATION_TTL)
+            if ttl <= 0:
+                return
         else:
             jti = token_or_jti
-            ttl = (config.jwt_max_age + leeway) if config.jwt_max_age else _DEFAULT_REVOCATION_TTL
+            ttl = (max_age + leeway) if max_age else _DEFAULT_REVOCATION_TTL
         state.shared.revoke(jti, math.ceil(ttl))
 
     @property

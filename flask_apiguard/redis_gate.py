@@ -27,6 +27,8 @@ from limits.storage import RedisClusterStorage, RedisStorage, Storage
 from limits.util import get_package_data
 
 from .storage import (
+    INFLIGHT_PREFIX,
+    INFLIGHT_TTL_MS,
     REVOKED_PREFIX,
     Backend,
     LimitProbe,
@@ -47,7 +49,8 @@ _SCRIPTS = {
 _MAIN = r"""
 -- ARGV[1], space-separated (one argument is cheaper to send than twenty): now, nfail,
 -- auth_failed, has_jti, nlimits, want_window, then 4 per probe (amount, expiry, cost, hit).
--- KEYS: the probes' keys in order, then the revocation key.
+-- KEYS: the probes' keys in order, the revocation key, then one in-flight counter per limit
+-- probe (used by count="failures" probes, whose requests hold a place until they settle).
 -- The answer is one space-separated string: code, probe index, then the windows' figures.
 local ARGS = {}
 for token in string.gmatch(ARGV[1], "%S+") do
@@ -85,6 +88,13 @@ for i = 1, nlimits do
   a = a + 4
 end
 local revoked_key = KEYS[k]
+local inflight_base = k
+local function cost_of(i, p)
+  if p[5] then
+    return p[4]
+  end
+  return p[4] + (tonumber(redis.call('get', KEYS[inflight_base + i])) or 0)
+end
 
 for i = 1, nfail do
   local p = fail_probes[i]
@@ -118,7 +128,7 @@ end
 if nlimits > 1 then
   for i = 1, nlimits do
     local p = limit_probes[i]
-    if not test(p[1], p[2], p[3], p[4], now) then
+    if not test(p[1], p[2], p[3], cost_of(i, p), now) then
       return refused(i)
     end
   end
@@ -130,13 +140,20 @@ for i = 1, nlimits do
   if p[5] then
     allowed = hit(p[1], p[2], p[3], p[4], now)
   else
-    allowed = nlimits > 1 or test(p[1], p[2], p[3], p[4], now)
+    allowed = nlimits > 1 or test(p[1], p[2], p[3], cost_of(i, p), now)
   end
   if not allowed then
     return refused(i)
   end
   if want_window then
     windows[#windows + 1] = window(p[1], p[2], p[3], now)
+  end
+end
+for i = 1, nlimits do
+  local p = limit_probes[i]
+  if not p[5] then
+    redis.call('incrby', KEYS[inflight_base + i], p[4])
+    redis.call('pexpire', KEYS[inflight_base + i], INFLIGHT_TTL_MS)
   end
 end
 return answer(0, 0, windows)
@@ -205,6 +222,7 @@ def compose(strategy: str) -> str:
     if read is not None:
         parts.append(_wrap(read))
     parts.append(_HELPERS[strategy])
+    parts.append(f"local INFLIGHT_TTL_MS = {INFLIGHT_TTL_MS}\n")
     parts.append(_MAIN)
     return "\n".join(parts)
 
@@ -217,8 +235,8 @@ def supports_scripts(storage: Storage) -> bool:
 class RedisScriptBackend(Backend):
     """The :class:`~flask_apiguard.storage.Backend` whose :meth:`admit` is one EVALSHA."""
 
-    def __init__(self, storage: Storage, strategy: str, revocations: Any) -> None:
-        super().__init__(storage, strategy, revocations)
+    def __init__(self, storage: Storage, strategy: str, revocations: Any, inflight: Any) -> None:
+        super().__init__(storage, strategy, revocations, inflight)
         redis_storage: Any = storage
         self.strategy = strategy
         self.redis = redis_storage
@@ -259,6 +277,7 @@ class RedisScriptBackend(Backend):
             keys.extend(self._keys(probe))
             args.append(f"{probe.item.amount} {probe.item.get_expiry()} {probe.cost} {int(probe.hit)}")
         keys.append(REVOKED_PREFIX + (jti or ""))
+        keys.extend(INFLIGHT_PREFIX + probe.key for probe in limits)
         answer = self.script(keys=keys, args=[" ".join(args)]).split()
         code, index, figures = int(answer[0]), int(answer[1]), answer[2:]
         width = self.width
@@ -280,4 +299,5 @@ class RedisScriptBackend(Backend):
         for _, state in states(limits) if want_window else ():
             if best is None or (state.remaining, state.reset_in) < (best.remaining, best.reset_in):
                 best = state
-        return Verdict(window=best)
+        reserved = tuple(p for p in limits if not p.hit)
+        return Verdict(window=best, reserved=reserved, backend=self if reserved else None)

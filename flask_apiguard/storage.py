@@ -21,8 +21,9 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from math import floor
 from typing import Any, NamedTuple, cast
 
@@ -35,6 +36,9 @@ from .errors import ApiGuardConfigError, ServiceUnavailable
 log = logging.getLogger("flask_apiguard")
 
 REVOKED_PREFIX = "apiguard:revoked:"
+INFLIGHT_PREFIX = "apiguard:inflight:"
+#: How long a reservation of a ``count="failures"`` request may outlive a crashed worker.
+INFLIGHT_TTL_MS = 60_000
 _RETRY_STEPS = (1.0, 2.0, 4.0)
 #: Redis client options applied unless APIGUARD_STORAGE_OPTIONS says otherwise: a request must
 #: never hang on a dead Redis.
@@ -94,7 +98,10 @@ class Verdict:
     window: WindowState | None = None
     retry_after: int = 0
     degraded: bool = False
-    probes: Sequence[LimitProbe] = field(default_factory=tuple)
+    #: ``count="failures"`` probes this request holds a place in, and the backend holding it:
+    #: settled after the response (counted if it failed) and released in any case.
+    reserved: tuple[LimitProbe, ...] = ()
+    backend: Backend | None = None
 
 
 class LocalStorage(MemoryStorage):
@@ -109,12 +116,39 @@ class LocalStorage(MemoryStorage):
         super().__init__()
         self.timer.cancel()
         self._next_sweep = time.monotonic() + self.SWEEP_EVERY
+        self._sweeping = threading.Lock()
 
     def _MemoryStorage__schedule_expiry(self) -> None:
         now = time.monotonic()
         if now >= self._next_sweep:
             self._next_sweep = now + self.SWEEP_EVERY
-            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+            self._sweep()
+
+    def _sweep(self) -> None:
+        """Drop expired counters and moving-window entries. Unlike the parent's timer sweep it
+        runs on request threads, so it works on snapshots and pops with defaults: another
+        thread may expire the same key at the same moment."""
+        if not self._sweeping.acquire(blocking=False):
+            return  # another thread is sweeping
+        try:
+            now = time.time()
+            for key, until in list(self.expirations.items()):
+                if until <= now:
+                    self.storage.pop(key, None)
+                    self.expirations.pop(key, None)
+                    self.locks.pop(key, None)
+            for key in list(self.events):
+                with self.locks[key]:
+                    events = self.events.get(key)
+                    if events:
+                        live = [e for e in events if e.expiry > now]
+                        if live:
+                            self.events[key] = live
+                            continue
+                    self.events.pop(key, None)
+                self.locks.pop(key, None)
+        finally:
+            self._sweeping.release()
 
     def _count(self, key: str, now: float) -> int:
         """``get(key)`` as the parent does it (expired keys dropped), without its error wrapper."""
@@ -188,17 +222,19 @@ class Counter:
             return bool(storage.incr(probe.key, item.get_expiry(), amount=probe.cost) <= item.amount)
         return bool(storage.acquire_entry(probe.key, item.amount, item.get_expiry(), amount=probe.cost))
 
-    def test(self, probe: LimitProbe) -> bool:
+    def test(self, probe: LimitProbe, extra: int = 0) -> bool:
+        """Would ``probe`` (plus ``extra`` already promised to requests in flight) fit?"""
         item, storage = probe.item, self.storage
+        cost = probe.cost + extra
         if self.strategy == "sliding-window-counter":
             expiry = item.get_expiry()
             previous, previous_ttl, current, _ = storage.get_sliding_window(probe.key, expiry)
             weighted = previous * previous_ttl / expiry + current
-            return bool(weighted < item.amount - probe.cost + 1)
+            return bool(weighted < item.amount - cost + 1)
         if self.strategy == "fixed-window":
-            return bool(storage.get(probe.key) < item.amount - probe.cost + 1)
+            return bool(storage.get(probe.key) < item.amount - cost + 1)
         _, count = storage.get_moving_window(probe.key, item.amount, item.get_expiry())
-        return bool(count <= item.amount - probe.cost)
+        return bool(count <= item.amount - cost)
 
     def hit_window(self, probe: LimitProbe, now: float) -> tuple[bool, WindowState]:
         """Consume ``probe`` and read its window afterwards (in one step where the storage can)."""
@@ -236,7 +272,11 @@ def sliding_window_state(amount: int, expiry: float, previous: int, previous_ttl
     if not (previous or current):
         return WindowState(amount, remaining, 0, key)
     previous_reset_in = previous_ttl % (expiry / previous) if previous else math.inf
-    current_reset_in = current_ttl % expiry if current else math.inf
+    # The current counter lives between one and two windows; what is left beyond one window
+    # is when it starts to count less. limits writes "current_ttl % expiry", which is 0 on a
+    # window's very first hit with Redis (TTL exactly 2 x expiry): the same, minus that edge.
+    current_reset_in = (current_ttl - expiry if current_ttl > expiry else current_ttl % expiry) \
+        if current else math.inf
     reset_in = _whole_seconds(min(previous_reset_in, current_reset_in))
     return WindowState(amount, remaining, reset_in, key)
 
@@ -249,27 +289,30 @@ def _whole_seconds(seconds: float) -> int:
 class Backend:
     """Sequential evaluation on any :mod:`limits` storage (a few calls per request)."""
 
-    def __init__(self, storage: Storage, strategy: str, revocations: Any) -> None:
+    def __init__(self, storage: Storage, strategy: str, revocations: Any,
+                 inflight: Any = None) -> None:
         self.storage = storage
         self.counter = Counter(storage, strategy)
         self.revocations = revocations
+        self.inflight = inflight if inflight is not None else MemoryInflight()
+        self._reserve_lock = threading.Lock()
         #: With this process's memory as the storage, the failure counters can only be
         #: non-zero for the probes this process counted: remember until when, and skip the
         #: test for every other client (a dict lookup instead of reading two counters).
+        #: Entries are pruned oldest first; past a bound the shortcut is simply not taken.
         self._local_failures: dict[str, float] | None = (
             {} if isinstance(storage, LocalStorage) else None)
+        self._failure_order: deque[tuple[float, str]] = deque()
+        self._failure_lock = threading.Lock()
+
+    _FAILURE_BOUND = 200_000
 
     def _maybe_failed(self, probe: LimitProbe, now: float) -> bool:
         seen = self._local_failures
-        if seen is None:
+        if seen is None or len(seen) >= self._FAILURE_BOUND:
             return True
         until = seen.get(probe.key)
-        if until is None:
-            return False
-        if until <= now:
-            seen.pop(probe.key, None)
-            return False
-        return True
+        return until is not None and until > now
 
     def admit(self, failure: Sequence[LimitProbe], auth_failed: bool, jti: str | None,
               limits: Sequence[LimitProbe], want_window: bool) -> Verdict:
@@ -286,11 +329,29 @@ class Backend:
         if jti is not None and self.revocations.contains(jti):
             self.count_failure(failure)
             return Verdict(revoked=True)
+        pending = tuple(p for p in limits if not p.hit)
+        if not pending:
+            return self._consume(limits, {}, want_window)
+        # count="failures": the request's cost is promised (in flight) until the response says
+        # whether it failed, so that parallel guesses cannot all pass the test before the
+        # first one is counted. Test and promise happen under one lock.
+        with self._reserve_lock:
+            promised = {p.key: self.inflight.get(p.key) for p in pending}
+            verdict = self._consume(limits, promised, want_window)
+            if verdict.breached is None:
+                for probe in pending:
+                    self.inflight.add(probe.key, probe.cost)
+                verdict.reserved, verdict.backend = pending, self
+            return verdict
+
+    def _consume(self, limits: Sequence[LimitProbe], promised: dict[str, int],
+                 want_window: bool) -> Verdict:
+        counter = self.counter
         best: WindowState | None = None
         several = len(limits) > 1
         if several:  # all or nothing: a request one limit refuses uses up none of the others
             for probe in limits:
-                if not counter.test(probe):
+                if not counter.test(probe, promised.get(probe.key, 0)):
                     now = time.time()
                     return refusal(probe, [(p, counter.window(p, now)) for p in limits])
         for probe in limits:
@@ -300,7 +361,7 @@ class Backend:
             elif probe.hit:
                 allowed = counter.hit(probe)
             else:
-                allowed = several or counter.test(probe)
+                allowed = several or counter.test(probe, promised.get(probe.key, 0))
             if not allowed:
                 now = time.time()
                 return refusal(probe, [(p, counter.window(p, now)) for p in limits])
@@ -311,18 +372,40 @@ class Backend:
                     best = window
         return Verdict(window=best)
 
+    def settle(self, probes: Sequence[LimitProbe], failed: bool, want_window: bool) -> list[WindowState]:
+        """After the response: count the reserved probes if it failed; release them always."""
+        try:
+            if failed:
+                for probe in probes:
+                    self.counter.hit(probe)
+        finally:
+            for probe in probes:
+                self.inflight.release(probe.key, probe.cost)
+        if not want_window:
+            return []
+        now = time.time()
+        return [self.counter.window(probe, now) for probe in probes]
+
     def count_failure(self, failure: Sequence[LimitProbe]) -> None:
-        seen = self._local_failures
         for probe in failure:
             self.counter.hit(probe)
-            if seen is not None:
-                # a counter lives at most two windows (sliding window counter), so after
-                # that it is certainly back to zero
-                seen[probe.key] = time.time() + 2 * probe.item.get_expiry() + 1
-                if len(seen) > 100_000:
-                    now = time.time()
-                    for key in [k for k, until in seen.items() if until <= now]:
-                        del seen[key]
+        seen = self._local_failures
+        if seen is None:
+            return
+        now = time.time()
+        with self._failure_lock:
+            order = self._failure_order
+            while order and order[0][0] <= now:  # prune what has expired, oldest first
+                until, key = order.popleft()
+                if seen.get(key) == until:
+                    del seen[key]
+            for probe in failure:
+                # a counter lives at most two windows (sliding window counter), so after that
+                # it is certainly back to zero
+                until = now + 2 * probe.item.get_expiry() + 1
+                if len(seen) < self._FAILURE_BOUND:
+                    seen[probe.key] = until
+                    order.append((until, probe.key))
 
     def hit(self, probes: Sequence[LimitProbe], want_window: bool = False) -> list[WindowState]:
         for probe in probes:
@@ -337,6 +420,54 @@ class Backend:
 
     def ping(self) -> bool:
         return bool(self.storage.check())
+
+
+class MemoryInflight:
+    """Requests of ``count="failures"`` views in progress in this process, per counter."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> int:
+        return self._counts.get(key, 0)
+
+    def add(self, key: str, amount: int) -> None:
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + amount
+
+    def release(self, key: str, amount: int) -> None:
+        with self._lock:
+            left = self._counts.get(key, 0) - amount
+            if left > 0:
+                self._counts[key] = left
+            else:
+                self._counts.pop(key, None)
+
+
+class RedisInflight:
+    """The same across processes, as Redis counters that expire if a worker dies mid-request."""
+
+    _RELEASE = (
+        "local left = redis.call('decrby', KEYS[1], ARGV[1]) "
+        "if left <= 0 then redis.call('del', KEYS[1]) end return left"
+    )
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._release = client.register_script(self._RELEASE)
+
+    def get(self, key: str) -> int:
+        return int(self.client.get(INFLIGHT_PREFIX + key) or 0)
+
+    def add(self, key: str, amount: int) -> None:
+        pipe = self.client.pipeline()
+        pipe.incrby(INFLIGHT_PREFIX + key, amount)
+        pipe.pexpire(INFLIGHT_PREFIX + key, INFLIGHT_TTL_MS)
+        pipe.execute()
+
+    def release(self, key: str, amount: int) -> None:
+        self._release(keys=[INFLIGHT_PREFIX + key], args=[amount])
 
 
 class MemoryRevocations:
@@ -370,6 +501,13 @@ class RedisRevocations:
 
     def add(self, jti: str, ttl: int) -> None:
         self.client.set(REVOKED_PREFIX + jti, "1", ex=max(1, ttl))
+
+
+def redacted(uri: str) -> str:
+    """A storage URI fit for a log line: no user, no password, no query string."""
+    scheme, _, rest = uri.partition("://")
+    location = rest.split("?", 1)[0].split("#", 1)[0]
+    return f"{scheme}://{location.rsplit('@', 1)[-1]}"
 
 
 def _scheme(uri: str) -> str:
@@ -439,10 +577,11 @@ class SharedState:
                 f"APIGUARD_STORAGE_URI / APIGUARD_STORAGE_OPTIONS: {self.uri.split('://', 1)[0]}:// "
                 f"cannot be used as given ({type(exc).__name__}: {exc})."
             ) from None
-        revocations = RedisRevocations(cast(Any, storage).get_connection())
+        client = cast(Any, storage).get_connection()
+        revocations, inflight = RedisRevocations(client), RedisInflight(client)
         if supports_scripts(storage):
-            return RedisScriptBackend(storage, self.strategy, revocations)
-        return Backend(storage, self.strategy, revocations)
+            return RedisScriptBackend(storage, self.strategy, revocations, inflight)
+        return Backend(storage, self.strategy, revocations, inflight)
 
     @property
     def primary(self) -> Backend:
@@ -467,7 +606,7 @@ class SharedState:
                 log.warning(
                     "flask-apiguard: shared storage %s is unreachable (%s); applying "
                     "APIGUARD_RATELIMIT_ON_STORAGE_ERROR=%r until it returns.",
-                    self.uri.split("@")[-1], type(exc).__name__, self.on_error,
+                    redacted(self.uri), type(exc).__name__, self.on_error,
                 )
             step = _RETRY_STEPS[min(self._failures, len(_RETRY_STEPS) - 1)]
             self._failures += 1
@@ -478,7 +617,7 @@ class SharedState:
             if self._down_since is not None:
                 log.warning(
                     "flask-apiguard: shared storage %s is reachable again after %.1f s.",
-                    self.uri.split("@")[-1], time.monotonic() - self._down_since,
+                    redacted(self.uri), time.monotonic() - self._down_since,
                 )
                 self._down_since = None
                 self._failures = 0
@@ -509,17 +648,18 @@ class SharedState:
         verdict.degraded = True
         return verdict
 
-    def hit(self, probes: Sequence[LimitProbe], want_window: bool = False) -> list[WindowState]:
-        """Consume ``probes`` after the response (``count="failures"``); with ``want_window``,
-        return their windows as they are afterwards."""
-        if self._usable():
-            try:
-                return self.primary.hit(probes, want_window)
-            except self.errors as exc:
-                self._mark_down(exc)
-        if self.on_error == "fallback":
-            return self.fallback.hit(probes, want_window)
-        return []
+    def settle(self, backend: Backend, probes: Sequence[LimitProbe], failed: bool,
+               want_window: bool = False) -> list[WindowState]:
+        """After the response of a ``count="failures"`` view: count ``probes`` on the backend
+        that reserved them if the response failed, and release the reservation; with
+        ``want_window``, return their windows as they are afterwards."""
+        try:
+            return backend.settle(probes, failed, want_window)
+        except self.errors as exc:
+            self._mark_down(exc)  # the reservation expires with its TTL
+            if failed and self.on_error == "fallback":
+                return self.fallback.hit(probes, want_window)
+            return []
 
     def revoke(self, jti: str, ttl: int) -> None:
         try:

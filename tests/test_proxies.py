@@ -72,7 +72,9 @@ def test_client_key_groups_ipv6_by_64() -> None:
     assert client_key("::ffff:192.0.2.1") == "192.0.2.1"
     assert client_key("192.0.2.1") == "192.0.2.1"
     assert client_key(None) == "unknown"
-    assert client_key("garbage").startswith("invalid:")
+    assert client_key("garbage") == client_key("more garbage") == "invalid"  # one shared bucket
+    assert client_key("203.0.113.7:50001") == client_key("203.0.113.7") == "203.0.113.7"
+    assert client_key("[2001:db8::1]:443") == "2001:db8::/64"
 
 
 def test_ipv6_clients_share_a_bucket_per_64(make_app: Any) -> None:

@@ -60,12 +60,18 @@ def test_gate_order_throttle_then_failure_then_revocation(redis_url: str, strate
     assert verdict.window is not None and verdict.window.remaining == 9
 
 
-def test_failures_only_probe_is_tested_not_hit(redis_url: str) -> None:
+def test_failures_only_probe_holds_a_place_until_it_settles(redis_url: str) -> None:
     shared = SharedState(redis_url, {}, "sliding-window-counter", "closed")
     probe = LimitProbe(parse("1/minute"), ("apiguard", "view:login", "ip:x"), hit=False)
-    for _ in range(3):
-        assert shared.admit((), False, None, [probe], True).breached is None
-    shared.hit([probe])
+    first = shared.admit((), False, None, [probe], True)
+    assert first.breached is None and first.reserved == (probe,)
+    # while the first request is in flight the only place is taken
+    assert shared.admit((), False, None, [probe], True).breached is not None
+    assert first.backend is not None
+    shared.settle(first.backend, first.reserved, failed=False)  # a success costs nothing
+    second = shared.admit((), False, None, [probe], True)
+    assert second.breached is None and second.backend is not None
+    shared.settle(second.backend, second.reserved, failed=True)  # a failure is counted
     assert shared.admit((), False, None, [probe], True).breached is not None
 
 

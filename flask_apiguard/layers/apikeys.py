@@ -141,10 +141,13 @@ class ApiKeyStore:
         match = self._pattern.fullmatch(plaintext) if len(plaintext) <= _MAX_PRESENTED else None
         key_id, secret = match.groups() if match else ("", plaintext[:_MAX_PRESENTED])
         digest = hashlib.sha256(secret.encode("utf-8", "replace")).hexdigest()
-        record = self._fetch(key_id) if match else None
-        stored = record[1] if record is not None else _DUMMY_DIGEST
-        same = hmac.compare_digest(digest, stored)
-        if record is None or not same:
+        # The same work whether the key id exists or not: one lookup of a digest, one
+        # constant-time comparison; the key's record is read only once the secret matched.
+        stored = self._digest(key_id) if match else None
+        if not hmac.compare_digest(digest, stored or _DUMMY_DIGEST) or stored is None:
+            return None
+        record = self._fetch(key_id)
+        if record is None:
             return None
         key = record[0]
         return key if key.is_active else None
@@ -173,6 +176,10 @@ class ApiKeyStore:
     def _fetch(self, key_id: str) -> tuple[ApiKey, str] | None:
         raise NotImplementedError
 
+    def _digest(self, key_id: str) -> str | None:
+        record = self._fetch(key_id)
+        return record[1] if record is not None else None
+
     def _set_revoked(self, key_id: str) -> None:
         raise NotImplementedError
 
@@ -194,6 +201,10 @@ class MemoryKeyStore(ApiKeyStore):
 
     def _fetch(self, key_id: str) -> tuple[ApiKey, str] | None:
         return self._records.get(key_id)
+
+    def _digest(self, key_id: str) -> str | None:
+        record = self._records.get(key_id)
+        return record[1] if record is not None else None
 
     def _set_revoked(self, key_id: str) -> None:
         with self._lock:
@@ -268,6 +279,10 @@ class SqliteKeyStore(ApiKeyStore):
         rows = self._run("SELECT * FROM apiguard_api_keys WHERE key_id = ?", (key_id,))
         return self._row(rows[0]) if rows else None
 
+    def _digest(self, key_id: str) -> str | None:
+        rows = self._run("SELECT digest FROM apiguard_api_keys WHERE key_id = ?", (key_id,))
+        return str(rows[0][0]) if rows else None
+
     def _set_revoked(self, key_id: str) -> None:
         self._run("UPDATE apiguard_api_keys SET revoked = 1 WHERE key_id = ?", (key_id,))
 
@@ -330,6 +345,10 @@ class RedisKeyStore(ApiKeyStore):
     def _fetch(self, key_id: str) -> tuple[ApiKey, str] | None:
         data = self._call(self.client.hgetall, self._key(key_id))
         return self._decode(key_id, data) if data else None
+
+    def _digest(self, key_id: str) -> str | None:
+        digest = self._call(self.client.hget, self._key(key_id), "digest")
+        return str(digest) if digest else None
 
     def _set_revoked(self, key_id: str) -> None:
         self._call(self.client.hset, self._key(key_id), "revoked", "1")

@@ -8,6 +8,7 @@ parser runs: a 10 000-deep body is refused without ever reaching Python's recurs
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -77,8 +78,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 would become Infinity, which JSON cannot carry
+        raise ValueError("number out of range")
+    return value
+
+
 #: One decoder for every request (``json.loads`` with options would build one per call).
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def _declared_length(environ: dict[str, Any]) -> int | None:

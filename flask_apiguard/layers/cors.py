@@ -4,7 +4,9 @@ flask-cors decides which headers an allowed origin gets. Two things are ours:
 
 * flask-cors matches a regex with ``re.match`` (anchored at the start only), so a pattern
   ``https://.*\\.example\\.com`` would also admit ``https://a.example.com.evil.net``. Every
-  ``re:`` pattern is therefore compiled as ``(?:pattern)\\Z``: the whole origin must match.
+  ``re:`` pattern is therefore compiled as ``(?:pattern)\\Z``: the whole origin must match,
+  and an exact origin is escaped and anchored the same way (flask-cors would read a string
+  holding ``*`` or ``[`` as a regex).
 * The headers for an origin depend on nothing but the origin, so they are computed once per
   origin and kept (a bounded number of origins, so random ``Origin`` values cannot grow it).
 """
@@ -28,10 +30,14 @@ _ORIGIN_CHARS = re.compile(r"[A-Za-z0-9+.-]+://[A-Za-z0-9.:\[\]_~-]+|null")
 
 
 def compile_origin(origin: str) -> str | re.Pattern[str]:
-    """An exact origin stays a string; ``re:pattern`` becomes a whole-match regex."""
+    """``re:pattern`` becomes a whole-match regex; an exact origin becomes a whole-match regex
+    of its escaped text (flask-cors would read a string holding ``*``, ``[`` or ``?`` as a
+    regex matched at the start only); ``*`` stays flask-cors's "any origin"."""
     if origin.startswith("re:"):
         return re.compile(f"(?:{origin[3:]})\\Z", re.IGNORECASE)
-    return origin
+    if origin == "*":
+        return origin
+    return re.compile(re.escape(origin) + "\\Z", re.IGNORECASE)
 
 
 class Cors:

@@ -362,6 +362,8 @@ class JwtLayer:
             raise InvalidToken("The token is malformed.") from None
         if not isinstance(claims, dict):
             raise InvalidToken("The token is malformed.")
+        if self.audience is None and "aud" in claims:  # even "" or [] (pyjwt lets those pass)
+            raise InvalidToken("The token names an audience, and this service expects none.")
         return claims
 
     def _identity(self, claims: dict[str, Any]) -> _Verified:
@@ -425,8 +427,8 @@ class JwtLayer:
         headers = {"kid": kid} if kid is not None else None
         return jwt.encode(payload, key.sign, algorithm=algorithm, headers=headers)
 
-    def decode_for_revocation(self, token: str) -> tuple[str, float | None]:
-        """The ``jti`` and ``exp`` of a token issued with our keys (expired ones included)."""
+    def decode_for_revocation(self, token: str) -> tuple[str, float | None, float | None]:
+        """The ``jti``, ``exp`` and ``iat`` of a token signed with our keys (expired ones too)."""
         try:
             header = jwt.get_unverified_header(token)
             key = self._select_key(header)
@@ -442,13 +444,17 @@ class JwtLayer:
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti:
             raise ValueError("revoke_token: the token has no 'jti' claim, so it cannot be revoked.")
-        exp = claims.get("exp")
-        if not isinstance(exp, int | float) or isinstance(exp, bool):
-            return jti, None
-        try:
-            return jti, float(exp)
-        except OverflowError:  # such a token is refused by verify() anyway
-            return jti, None
+        return jti, _number(claims.get("exp")), _number(claims.get("iat"))
+
+
+def _number(value: Any) -> float | None:
+    """A numeric claim as a float, or None (absent, not a number, or out of range)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # such a token is refused by verify() anyway
+        return None
 
 
 def _names(value: Any, claim: str, *, split: bool) -> frozenset[str]:

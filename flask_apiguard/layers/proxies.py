@@ -23,15 +23,28 @@ def install(app: Any, hops: int) -> None:
                                 x_prefix=0)
 
 
+def _without_port(address: str) -> str:
+    if address.startswith("["):
+        return address[1:address.find("]")] if "]" in address else address
+    if address.count(":") == 1:  # IPv4 with a port; a bare IPv6 has several colons
+        return address.split(":", 1)[0]
+    return address
+
+
 @functools.lru_cache(maxsize=8192)
 def client_key(address: str | None) -> str:
-    """The rate-limit bucket of a client address: IPv4 as is, IPv6 grouped by its /64."""
+    """The rate-limit bucket of a client address: IPv4 as is, IPv6 grouped by its /64.
+
+    Some proxies write ``ip:port`` or ``[ipv6]:port`` into ``X-Forwarded-For``; the port is
+    dropped (a new connection must not mean a new bucket). Anything that is still not an
+    address shares one bucket.
+    """
     if not address:
         return "unknown"
     try:
-        ip = ipaddress.ip_address(address)
+        ip = ipaddress.ip_address(_without_port(address.strip()))
     except ValueError:
-        return "invalid:" + address[:64]
+        return "invalid"
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return str(ip.ipv4_mapped)

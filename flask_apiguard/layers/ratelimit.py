@@ -103,12 +103,23 @@ def _cached(key: tuple[Any, ...], build: Callable[[], tuple[LimitProbe, ...]]) -
     return found
 
 
+def storage_key(limit: CompiledLimit, key: str) -> str:
+    """The counter's key. A view's own counters are limits' ``key_for`` (one per limit); a
+    ``scope=`` counter leaves the amount out, so every view of the scope shares it, whatever
+    amount each allows, as long as the window length is the same."""
+    identifiers = (NAMESPACE, limit.counter, key)
+    if not limit.counter.startswith("scope:"):
+        return limit.item.key_for(*identifiers)
+    item = limit.item
+    return f"{item.namespace}/{'/'.join(identifiers)}/{item.multiples}/{item.GRANULARITY.name}"
+
+
 def probes(limits: tuple[CompiledLimit, ...], identity: Identity, client: str) -> tuple[LimitProbe, ...]:
     """This request's probes; ``count="failures"`` limits are only tested now, hit later."""
     keys = tuple(key_value(limit.key, identity, client) for limit in limits)
     return _cached((limits, keys), lambda: tuple(
         LimitProbe(limit.item, (NAMESPACE, limit.counter, key), limit.cost,
-                   hit=not limit.failures_only)
+                   hit=not limit.failures_only, key=storage_key(limit, key))
         for limit, key in zip(limits, keys, strict=True)
     ))
 
