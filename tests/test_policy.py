@@ -1,0 +1,118 @@
+"""What decorators record, how levels merge, and contradictions caught at import time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.views import MethodView
+from marshmallow import fields
+
+from flask_apiguard import (
+    public,
+    rate_limit,
+    rate_limit_exempt,
+    require_api_key,
+    require_jwt,
+    roles,
+    scopes,
+    validate,
+)
+from flask_apiguard.policy import POLICY_ATTR, Policy, declared_policy, get_policy
+
+
+def test_decorators_only_record_and_return_the_same_function() -> None:
+    def view() -> None:
+        return None
+
+    decorated = roles("admin")(require_jwt(rate_limit("5/minute")(validate({"a": fields.Int()})(view))))
+    assert decorated is view
+    policy = get_policy(view)
+    assert isinstance(policy, Policy)
+    assert policy.methods == {"jwt"}
+    assert policy.role_rules == [(frozenset({"admin"}), "any")]
+    assert [spec.limit for spec in policy.rate_limits] == ["5/minute"]
+    assert set(policy.validations) == {"json"}
+
+
+def test_order_does_not_matter() -> None:
+    def a() -> None: ...
+
+    def b() -> None: ...
+
+    public(rate_limit_exempt(a))
+    rate_limit_exempt(public(b))
+    assert get_policy(a) == get_policy(b)
+
+
+@pytest.mark.parametrize("build", [
+    lambda v: public(roles("x")(v)),
+    lambda v: roles("x")(public(v)),
+    lambda v: public(require_jwt(v)),
+    lambda v: scopes("s")(public(v)),
+    lambda v: roles("x")(require_jwt(optional=True)(v)),
+    lambda v: require_api_key(require_jwt(optional=True)(v)),
+])
+def test_contradictions_raise_type_error(build: Any) -> None:
+    def view() -> None: ...
+
+    with pytest.raises(TypeError):
+        build(view)
+
+
+def test_bad_decorator_arguments() -> None:
+    with pytest.raises(TypeError, match=r"any.*all"):
+        roles("a", require="some")
+    with pytest.raises(TypeError, match="at least one"):
+        roles()
+    with pytest.raises(TypeError, match="location"):
+        validate({"a": fields.Int()}, location="cookies")
+    with pytest.raises(TypeError, match="identifier"):
+        validate({"a": fields.Int()}, arg_name="not valid")
+    with pytest.raises(TypeError, match="marshmallow"):
+        validate(object())
+
+    def view() -> None: ...
+
+    validate({"a": fields.Int()})(view)
+    with pytest.raises(TypeError, match="twice"):
+        validate({"b": fields.Int()})(view)
+
+
+def test_validate_refuses_a_class() -> None:
+    with pytest.raises(TypeError, match="class"):
+        @validate({"a": fields.Int()})
+        class Nope(MethodView):
+            pass
+
+
+def test_class_method_and_view_levels_merge() -> None:
+    @roles("reader")
+    class Articles(MethodView):
+        @roles("editor")
+        @rate_limit("1/second")
+        def post(self) -> None: ...
+
+        def get(self) -> None: ...
+
+    view = Articles.as_view("articles")
+    post = declared_policy(view, "POST")
+    assert post.role_rules == [(frozenset({"reader"}), "any"), (frozenset({"editor"}), "any")]
+    assert [s.limit for s in post.rate_limits] == ["1/second"]
+    head = declared_policy(view, "HEAD")  # HEAD is served by get
+    assert head.role_rules == [(frozenset({"reader"}), "any")]
+
+
+def test_a_subclass_gets_its_own_policy() -> None:
+    @require_jwt
+    class Base(MethodView):
+        pass
+
+    @roles("admin")
+    class Child(Base):
+        pass
+
+    assert get_policy(Base).role_rules == []  # type: ignore[union-attr]
+    assert get_policy(Child).role_rules == [(frozenset({"admin"}), "any")]  # type: ignore[union-attr]
+    assert get_policy(Child).methods == {"jwt"}  # type: ignore[union-attr]
+    assert POLICY_ATTR in vars(Child)
