@@ -174,8 +174,11 @@ def list_notes(query_data: dict[str, Any]) -> Any:
 @rate_limit("30/minute")
 @validate(schemas.NoteIn)
 def create_note(json_data: dict[str, Any]) -> Any:
-    now = time.time()
     db = get_db()
+    if find_user(db, current_identity.subject or "") is None:
+        # e.g. an API key made with the CLI and no --owner: it has no user to own notes
+        abort(403, "Only a user account can own notes: create the key with an owner.")
+    now = time.time()
     cursor = db.execute(
         "INSERT INTO notes (owner, title, body, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
         (current_identity.subject, json_data["title"], json_data["body"], now, now),

@@ -37,12 +37,14 @@ class CreateKey(Schema):
 
 class NoteIn(Schema):
     title = SafeString(required=True, max_length=200)
-    body = SanitizedHTML(load_default="", validate=validate.Length(max=5000))
+    # bounded before sanitizing (max_length, max_tags) and after (Length)
+    body = SanitizedHTML(load_default="", max_length=5000, max_tags=500,
+                         validate=validate.Length(max=5000))
 
 
 class NotePatch(Schema):
     title = SafeString(max_length=200)
-    body = SanitizedHTML(validate=validate.Length(max=5000))
+    body = SanitizedHTML(max_length=5000, max_tags=500, validate=validate.Length(max=5000))
 
 
 class NoteQuery(Schema):

@@ -16,7 +16,9 @@ from .errors import ServiceUnavailable
 from .extension import Route, guard_state
 
 apiguard_cli = AppGroup("apiguard", help="Audit and manage flask-apiguard.")
-_HIDDEN_METHODS = frozenset({"HEAD", "OPTIONS"})
+#: OPTIONS never reaches a view (the guard answers it); HEAD is shown only where its policy
+#: differs from GET's (a MethodView may declare a ``head`` method of its own).
+_HIDDEN_METHODS = frozenset({"OPTIONS"})
 
 
 def _describe(route: Route) -> dict[str, Any]:
@@ -66,6 +68,8 @@ def route_table() -> list[dict[str, Any]]:
                 groups[signature] = {"rule": rule.rule, "endpoint": rule.endpoint,
                                      "methods": [method], **info}
         for row in groups.values():
+            if "HEAD" in row["methods"] and "GET" in row["methods"]:
+                row["methods"].remove("HEAD")
             row["cors"] = bool(state.config.cors_origins)
             row["unprotected"] = not row["required"] and not row["public"] and not row["optional"]
             rows.append(row)

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 EXTENSION_NAME = "apiguard"
 _DEFAULT_REVOCATION_TTL = 30 * 24 * 3600
 _LOGGED_STATUSES = frozenset({401, 403, 413, 415, 429})
+_DONE = "_apiguard_done"  # set on a response once the after-request hook has run
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,11 @@ class RequestState:
     #: The ``count="failures"`` probes this request holds a place in, and where.
     reserved: tuple[LimitProbe, ...] = ()
     reserved_on: Backend | None = None
+    reserve_token: str = ""
+    #: The WSGI environ of the request this state belongs to, and the state of an enclosing
+    #: request when one request is handled inside another (they share one ``g``).
+    environ: dict[str, Any] | None = None
+    outer: RequestState | None = None
 
 
 class GuardState:
@@ -307,13 +313,33 @@ class ApiGuard:
 
         def teardown_request(exc: BaseException | None = None) -> None:
             current = g.get(G_ATTR)
-            if current is not None and current.reserved and current.reserved_on is not None:
-                state.shared.settle(current.reserved_on, current.reserved, failed=True)
+            if current is None or current.environ is not request.environ:
+                return  # a context pushed inside a request, not a request of ours
+            if current.reserved and current.reserved_on is not None:
+                # the after-request hook never settled it: count it, to be safe
+                state.shared.settle(current.reserved_on, current.reserved, current.reserve_token,
+                                    failed=True)
                 current.reserved = ()
+            setattr(g._get_current_object(), G_ATTR, current.outer)
 
         app.before_request_funcs.setdefault(None, []).insert(0, before_request)
         app.after_request_funcs.setdefault(None, []).insert(0, after_request)
         app.teardown_request(teardown_request)
+
+        # Our after-request hook runs last, so an app's own hook that raises would stop it,
+        # and the 500 Flask then sends (built and processed again) would lack the security
+        # headers and the request id. Wrapping the app's process_response closes that gap.
+        process_response = app.process_response
+
+        def guarded_process_response(response: Any) -> Any:
+            try:
+                return process_response(response)
+            except Exception:
+                if not getattr(response, _DONE, False):
+                    self._after_request(state, response)
+                raise
+
+        app.process_response = guarded_process_response  # type: ignore[method-assign]
         app.register_error_handler(wz.HTTPException, self._handle_http_error)
         from .audit import warn_at_startup
         from .cli import apiguard_cli
@@ -324,8 +350,12 @@ class ApiGuard:
     # -- the pipeline -------------------------------------------------------------------------
     def _before_request(self, state: GuardState) -> ResponseReturnValue | None:
         req: Request = request._get_current_object()  # type: ignore[attr-defined]
-        current = RequestState(request_id=state.request_ids.resolve(req.environ))
-        setattr(g._get_current_object(), G_ATTR, current)
+        holder = g._get_current_object()
+        outer = getattr(holder, G_ATTR, None)
+        current = RequestState(request_id=state.request_ids.resolve(req.environ), environ=req.environ,
+                               outer=outer if outer is not None and outer.environ is not req.environ
+                               else None)
+        setattr(holder, G_ATTR, current)
         try:
             return self._pipeline(state, req, current)
         except ApiGuardError as exc:
@@ -418,6 +448,7 @@ class ApiGuard:
             if auth_error is None and authz_error is None and verdict.breached is not None:
                 raise _too_many(RateLimitExceeded, verdict.retry_after)
             current.reserved, current.reserved_on = verdict.reserved, verdict.backend
+            current.reserve_token = verdict.token
         if auth_error is not None:
             current.identity = ANONYMOUS
             raise auth_error
@@ -458,11 +489,12 @@ class ApiGuard:
     # -- after the view -----------------------------------------------------------------------
     def _after_request(self, state: GuardState, response: Response) -> Response:
         config = state.config
-        current: RequestState | None = g.get(G_ATTR)
-        if current is None:
-            current = RequestState(request_id=new_request_id())
-            setattr(g, G_ATTR, current)
+        setattr(response, _DONE, True)
         req = request._get_current_object()  # type: ignore[attr-defined]
+        current: RequestState | None = g.get(G_ATTR)
+        if current is None or current.environ is not req.environ:
+            current = RequestState(request_id=new_request_id(), environ=req.environ, outer=current)
+            setattr(g._get_current_object(), G_ATTR, current)
         headers = response.headers
         # Every value added here was validated at start-up or is generated by us, so the
         # header list is extended directly rather than through Headers.add's checks. A header
@@ -489,7 +521,8 @@ class ApiGuard:
         if current.reserved and current.reserved_on is not None:
             reserved, backend = current.reserved, current.reserved_on
             current.reserved, current.reserved_on = (), None
-            counted = state.shared.settle(backend, reserved, status >= 400, config.ratelimit_headers)
+            counted = state.shared.settle(backend, reserved, current.reserve_token, status >= 400,
+                                          config.ratelimit_headers)
             if status >= 400:
                 current.window = _after_deferred(current.window, reserved, counted)
         if current.window is not None and config.ratelimit_headers:
@@ -512,10 +545,11 @@ class ApiGuard:
             return exc.response
         if exc.code is None or exc.code < 400:
             return exc
+        environ = request.environ
         current: RequestState | None = g.get(G_ATTR)
-        if current is None:
-            current = RequestState(request_id=new_request_id())
-            setattr(g, G_ATTR, current)
+        if current is None or current.environ is not environ:
+            current = RequestState(request_id=new_request_id(), environ=environ, outer=current)
+            setattr(g._get_current_object(), G_ATTR, current)
         return problem_response(exc, current.request_id, _state().config.error_type_base)
 
     # -- tokens and keys ----------------------------------------------------------------------

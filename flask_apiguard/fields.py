@@ -11,7 +11,7 @@ Fields
 
 :class:`SanitizedHTML` ``(tags=DEFAULT_TAGS, attributes=DEFAULT_ATTRIBUTES,
 protocols=DEFAULT_PROTOCOLS, *, backend=None, link_rel="noopener noreferrer",
-css_properties=DEFAULT_CSS_PROPERTIES, max_length=None, **kwargs)``
+css_properties=DEFAULT_CSS_PROPERTIES, max_length=10_000, max_tags=1_000, **kwargs)``
     Loads rich text as sanitized HTML: an allow-list of tags, attributes and URL schemes.
     The backend is bleach by default, or nh3 when the app's ``APIGUARD_SANITIZER`` is
     ``"nh3"`` (read at load time), or whatever ``backend=`` says. Both backends drop the
@@ -360,8 +360,12 @@ class SanitizedHTML(fields.String):
         reproduced for bleach); ``None`` to leave ``rel`` alone, which is required when
         ``rel`` is itself an allowed attribute.
     :param css_properties: the CSS properties kept when ``style`` is allowed.
-    :param max_length: the most characters accepted *before* sanitizing, which bounds the
-        parser's work. Use ``validate=Length(max=…)`` to bound the sanitized result.
+    :param max_length: the most characters accepted *before* sanitizing (default 10 000),
+        which bounds the parser's work; ``None`` for no bound. Use ``validate=Length(max=…)``
+        to bound the sanitized result.
+    :param max_tags: the most ``<`` characters accepted (default 1 000; ``None`` for no bound).
+        HTML parsers spend time quadratic in the nesting depth, so deeply nested markup is
+        refused before it is parsed.
     :param kwargs: the keyword arguments of :class:`marshmallow.fields.String`.
     :raises ValueError: for an unsafe or inconsistent allow-list.
     :raises ImportError: for ``backend="nh3"`` without nh3 installed.
@@ -371,7 +375,10 @@ class SanitizedHTML(fields.String):
     thread gets its own, built on first use and reused afterwards.
     """
 
-    default_error_messages = {"too_long": "Longer than maximum length {max}."}
+    default_error_messages = {
+        "too_long": "Longer than maximum length {max}.",
+        "too_much_markup": "Too much markup: at most {max} tags.",
+    }
 
     def __init__(
         self,
@@ -382,10 +389,14 @@ class SanitizedHTML(fields.String):
         backend: str | None = None,
         link_rel: str | None = "noopener noreferrer",
         css_properties: Iterable[str] = DEFAULT_CSS_PROPERTIES,
-        max_length: int | None = None,
+        max_length: int | None = 10_000,
+        max_tags: int | None = 1_000,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if max_tags is not None and max_tags < 0:
+            raise ValueError("max_tags must be a positive number or None.")
+        self.max_tags = max_tags
         if backend is not None and backend not in _BACKENDS:
             raise ValueError(f"backend must be 'bleach' or 'nh3', not {backend!r}.")
         if max_length is not None and max_length < 0:
@@ -469,6 +480,8 @@ class SanitizedHTML(fields.String):
         text = super()._deserialize(value, attr, data, **kwargs)
         if self.max_length is not None and len(text) > self.max_length:
             raise self.make_error("too_long", max=self.max_length)
+        if self.max_tags is not None and text.count("<") > self.max_tags:
+            raise self.make_error("too_much_markup", max=self.max_tags)
         return self.clean(text)
 
 

@@ -36,6 +36,7 @@ from .storage import (
     WindowState,
     _whole_seconds,
     refusal,
+    reservation_token,
     sliding_window_state,
 )
 
@@ -48,7 +49,8 @@ _SCRIPTS = {
 
 _MAIN = r"""
 -- ARGV[1], space-separated (one argument is cheaper to send than twenty): now, nfail,
--- auth_failed, has_jti, nlimits, want_window, then 4 per probe (amount, expiry, cost, hit).
+-- auth_failed, has_jti, nlimits, want_window, token, then 4 per probe (amount, expiry,
+-- cost, hit).
 -- KEYS: the probes' keys in order, the revocation key, then one in-flight counter per limit
 -- probe (used by count="failures" probes, whose requests hold a place until they settle).
 -- The answer is one space-separated string: code, probe index, then the windows' figures.
@@ -72,8 +74,9 @@ local auth_failed = ARGV[3] == "1"
 local has_jti = ARGV[4] == "1"
 local nlimits = tonumber(ARGV[5])
 local want_window = ARGV[6] == "1"
+local token = ARGV[7]
 local k = 1
-local a = 7
+local a = 8
 local fail_probes = {}
 for i = 1, nfail do
   fail_probes[i] = {k, tonumber(ARGV[a]), tonumber(ARGV[a + 1])}
@@ -89,11 +92,14 @@ for i = 1, nlimits do
 end
 local revoked_key = KEYS[k]
 local inflight_base = k
+local now_ms = math.floor(now * 1000)
 local function cost_of(i, p)
   if p[5] then
     return p[4]
   end
-  return p[4] + (tonumber(redis.call('get', KEYS[inflight_base + i])) or 0)
+  -- places held by requests in progress: one sorted-set member each, scored by its expiry
+  redis.call('zremrangebyscore', KEYS[inflight_base + i], '-inf', now_ms)
+  return p[4] + redis.call('zcard', KEYS[inflight_base + i])
 end
 
 for i = 1, nfail do
@@ -152,8 +158,11 @@ end
 for i = 1, nlimits do
   local p = limit_probes[i]
   if not p[5] then
-    redis.call('incrby', KEYS[inflight_base + i], p[4])
-    redis.call('pexpire', KEYS[inflight_base + i], INFLIGHT_TTL_MS)
+    local ikey = KEYS[inflight_base + i]
+    for n = 1, p[4] do
+      redis.call('zadd', ikey, now_ms + INFLIGHT_TTL_MS, token .. ':' .. n)
+    end
+    redis.call('pexpire', ikey, INFLIGHT_TTL_MS)
   end
 end
 return answer(0, 0, windows)
@@ -268,8 +277,11 @@ class RedisScriptBackend(Backend):
               limits: Sequence[LimitProbe], want_window: bool) -> Verdict:
         now = time.time()
         keys: list[str] = []
+        reserved = tuple(p for p in limits if not p.hit)
+        token = reservation_token() if reserved else "-"
         args: list[str] = [repr(now), str(len(failure)), "1" if auth_failed else "0",
-                           "0" if jti is None else "1", str(len(limits)), "1" if want_window else "0"]
+                           "0" if jti is None else "1", str(len(limits)), "1" if want_window else "0",
+                           token]
         for probe in failure:
             keys.extend(self._keys(probe))
             args.append(f"{probe.item.amount} {probe.item.get_expiry()} 1 1")
@@ -299,5 +311,5 @@ class RedisScriptBackend(Backend):
         for _, state in states(limits) if want_window else ():
             if best is None or (state.remaining, state.reset_in) < (best.remaining, best.reset_in):
                 best = state
-        reserved = tuple(p for p in limits if not p.hit)
-        return Verdict(window=best, reserved=reserved, backend=self if reserved else None)
+        return Verdict(window=best, reserved=reserved, backend=self if reserved else None,
+                       token=token if reserved else "")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import random
 import threading
 import time
 from collections import deque
@@ -35,6 +36,7 @@ from .errors import ApiGuardConfigError, ServiceUnavailable
 
 log = logging.getLogger("flask_apiguard")
 
+_token_bits = random.SystemRandom().getrandbits
 REVOKED_PREFIX = "apiguard:revoked:"
 INFLIGHT_PREFIX = "apiguard:inflight:"
 #: How long a reservation of a ``count="failures"`` request may outlive a crashed worker.
@@ -102,6 +104,8 @@ class Verdict:
     #: settled after the response (counted if it failed) and released in any case.
     reserved: tuple[LimitProbe, ...] = ()
     backend: Backend | None = None
+    #: Names this request's places, so that only they are given back.
+    token: str = ""
 
 
 class LocalStorage(MemoryStorage):
@@ -339,9 +343,10 @@ class Backend:
             promised = {p.key: self.inflight.get(p.key) for p in pending}
             verdict = self._consume(limits, promised, want_window)
             if verdict.breached is None:
+                token = reservation_token()
                 for probe in pending:
-                    self.inflight.add(probe.key, probe.cost)
-                verdict.reserved, verdict.backend = pending, self
+                    self.inflight.add(probe.key, token, probe.cost)
+                verdict.reserved, verdict.backend, verdict.token = pending, self, token
             return verdict
 
     def _consume(self, limits: Sequence[LimitProbe], promised: dict[str, int],
@@ -372,7 +377,8 @@ class Backend:
                     best = window
         return Verdict(window=best)
 
-    def settle(self, probes: Sequence[LimitProbe], failed: bool, want_window: bool) -> list[WindowState]:
+    def settle(self, probes: Sequence[LimitProbe], token: str, failed: bool,
+               want_window: bool) -> list[WindowState]:
         """After the response: count the reserved probes if it failed; release them always."""
         try:
             if failed:
@@ -380,7 +386,7 @@ class Backend:
                     self.counter.hit(probe)
         finally:
             for probe in probes:
-                self.inflight.release(probe.key, probe.cost)
+                self.inflight.release(probe.key, token, probe.cost)
         if not want_window:
             return []
         now = time.time()
@@ -422,52 +428,73 @@ class Backend:
         return bool(self.storage.check())
 
 
+def reservation_token() -> str:
+    """A name for one request's places in ``count="failures"`` limits (not its request id,
+    which a client may choose)."""
+    return f"{_token_bits(64):016x}"
+
+
 class MemoryInflight:
-    """Requests of ``count="failures"`` views in progress in this process, per counter."""
+    """Places held by requests in progress in this process, per counter; each place has its
+    own expiry, so a place that is never given back (a request context that never ends)
+    cannot block a limit for longer than ``INFLIGHT_TTL_MS``."""
 
     def __init__(self) -> None:
-        self._counts: dict[str, int] = {}
+        self._places: dict[str, dict[str, tuple[int, float]]] = {}
         self._lock = threading.Lock()
 
     def get(self, key: str) -> int:
-        return self._counts.get(key, 0)
-
-    def add(self, key: str, amount: int) -> None:
+        places = self._places.get(key)
+        if not places:
+            return 0
+        now = time.monotonic()
         with self._lock:
-            self._counts[key] = self._counts.get(key, 0) + amount
+            for token in [t for t, (_, until) in places.items() if until <= now]:
+                del places[token]
+            return sum(cost for cost, _ in places.values())
 
-    def release(self, key: str, amount: int) -> None:
+    def add(self, key: str, token: str, cost: int) -> None:
         with self._lock:
-            left = self._counts.get(key, 0) - amount
-            if left > 0:
-                self._counts[key] = left
-            else:
-                self._counts.pop(key, None)
+            self._places.setdefault(key, {})[token] = (cost, time.monotonic() + INFLIGHT_TTL_MS / 1000)
+
+    def release(self, key: str, token: str, cost: int) -> None:
+        with self._lock:
+            places = self._places.get(key)
+            if places is not None:
+                places.pop(token, None)
+                if not places:
+                    del self._places[key]
 
 
 class RedisInflight:
-    """The same across processes, as Redis counters that expire if a worker dies mid-request."""
-
-    _RELEASE = (
-        "local left = redis.call('decrby', KEYS[1], ARGV[1]) "
-        "if left <= 0 then redis.call('del', KEYS[1]) end return left"
-    )
+    """The same across processes: a sorted set per counter, one member per place, scored by
+    its expiry, so a worker that dies mid-request gives its place back after
+    ``INFLIGHT_TTL_MS`` however busy the counter is. (The Lua gate of
+    :mod:`flask_apiguard.redis_gate` reads and adds places in its one round trip; this class
+    serves the sequential backend and the release after the response.)"""
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        self._release = client.register_script(self._RELEASE)
+
+    @staticmethod
+    def members(token: str, cost: int) -> list[str]:
+        return [f"{token}:{n}" for n in range(1, cost + 1)]
 
     def get(self, key: str) -> int:
-        return int(self.client.get(INFLIGHT_PREFIX + key) or 0)
-
-    def add(self, key: str, amount: int) -> None:
         pipe = self.client.pipeline()
-        pipe.incrby(INFLIGHT_PREFIX + key, amount)
+        pipe.zremrangebyscore(INFLIGHT_PREFIX + key, "-inf", int(time.time() * 1000))
+        pipe.zcard(INFLIGHT_PREFIX + key)
+        return int(pipe.execute()[1])
+
+    def add(self, key: str, token: str, cost: int) -> None:
+        until = int(time.time() * 1000) + INFLIGHT_TTL_MS
+        pipe = self.client.pipeline()
+        pipe.zadd(INFLIGHT_PREFIX + key, dict.fromkeys(self.members(token, cost), until))
         pipe.pexpire(INFLIGHT_PREFIX + key, INFLIGHT_TTL_MS)
         pipe.execute()
 
-    def release(self, key: str, amount: int) -> None:
-        self._release(keys=[INFLIGHT_PREFIX + key], args=[amount])
+    def release(self, key: str, token: str, cost: int) -> None:
+        self.client.zrem(INFLIGHT_PREFIX + key, *self.members(token, cost))
 
 
 class MemoryRevocations:
@@ -506,8 +533,8 @@ class RedisRevocations:
 def redacted(uri: str) -> str:
     """A storage URI fit for a log line: no user, no password, no query string."""
     scheme, _, rest = uri.partition("://")
-    location = rest.split("?", 1)[0].split("#", 1)[0]
-    return f"{scheme}://{location.rsplit('@', 1)[-1]}"
+    location = rest.rpartition("@")[2]  # a password may hold "?" or "#": strip it first
+    return f"{scheme}://{location.split('?', 1)[0].split('#', 1)[0]}"
 
 
 def _scheme(uri: str) -> str:
@@ -573,9 +600,11 @@ class SharedState:
         try:
             storage = cast(Storage, storage_from_string(self.uri, **self.storage_options))
         except (ConfigurationError, TypeError, ValueError) as exc:
+            # The library's message may quote parts of the URI, password included: not shown.
             raise ApiGuardConfigError(
-                f"APIGUARD_STORAGE_URI / APIGUARD_STORAGE_OPTIONS: {self.uri.split('://', 1)[0]}:// "
-                f"cannot be used as given ({type(exc).__name__}: {exc})."
+                f"APIGUARD_STORAGE_URI / APIGUARD_STORAGE_OPTIONS: {redacted(self.uri)} cannot be "
+                f"used as given ({type(exc).__name__}); check the host, port, database number "
+                "and options."
             ) from None
         client = cast(Any, storage).get_connection()
         revocations, inflight = RedisRevocations(client), RedisInflight(client)
@@ -648,13 +677,13 @@ class SharedState:
         verdict.degraded = True
         return verdict
 
-    def settle(self, backend: Backend, probes: Sequence[LimitProbe], failed: bool,
+    def settle(self, backend: Backend, probes: Sequence[LimitProbe], token: str, failed: bool,
                want_window: bool = False) -> list[WindowState]:
         """After the response of a ``count="failures"`` view: count ``probes`` on the backend
         that reserved them if the response failed, and release the reservation; with
         ``want_window``, return their windows as they are afterwards."""
         try:
-            return backend.settle(probes, failed, want_window)
+            return backend.settle(probes, token, failed, want_window)
         except self.errors as exc:
             self._mark_down(exc)  # the reservation expires with its TTL
             if failed and self.on_error == "fallback":

@@ -68,10 +68,10 @@ def test_failures_only_probe_holds_a_place_until_it_settles(redis_url: str) -> N
     # while the first request is in flight the only place is taken
     assert shared.admit((), False, None, [probe], True).breached is not None
     assert first.backend is not None
-    shared.settle(first.backend, first.reserved, failed=False)  # a success costs nothing
+    shared.settle(first.backend, first.reserved, first.token, failed=False)  # a success is free
     second = shared.admit((), False, None, [probe], True)
     assert second.breached is None and second.backend is not None
-    shared.settle(second.backend, second.reserved, failed=True)  # a failure is counted
+    shared.settle(second.backend, second.reserved, second.token, failed=True)  # a failure counts
     assert shared.admit((), False, None, [probe], True).breached is not None
 
 

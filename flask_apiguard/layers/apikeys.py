@@ -19,13 +19,14 @@ import secrets
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ..errors import ServiceUnavailable
+from ..errors import ApiGuardConfigError, ServiceUnavailable
 from ..identity import Identity
 
 _DUMMY_DIGEST = hashlib.sha256(b"flask-apiguard: no such key").hexdigest()
@@ -83,13 +84,21 @@ def _timestamp(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
+def _plain(text: str) -> bool:
+    """No control, format (bidi) or separator characters: safe to print in a terminal."""
+    return not any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in text)
+
+
 def _names(values: Iterable[str], what: str) -> frozenset[str]:
     if isinstance(values, str):
         values = [values]
     items = frozenset(values)
     for item in items:
-        if not isinstance(item, str) or not item or len(item) > 200:
-            raise ValueError(f"api_keys.create: {what} must be non-empty strings of at most 200 characters.")
+        if not isinstance(item, str) or not item or len(item) > 200 or not _plain(item):
+            raise ValueError(
+                f"api_keys.create: {what} must be non-empty strings of at most 200 printable "
+                "characters."
+            )
     return items
 
 
@@ -113,10 +122,13 @@ class ApiKeyStore:
         expires_in: int | float | timedelta | None = None,
     ) -> tuple[str, ApiKey]:
         """Create a key; return ``(plaintext, ApiKey)``. The plaintext is never stored: show it once."""
-        if not isinstance(name, str) or not name.strip() or len(name) > 200:
-            raise ValueError("api_keys.create: name must be a non-empty string of at most 200 characters.")
-        if owner is not None and (not isinstance(owner, str) or not owner or len(owner) > 200):
-            raise ValueError("api_keys.create: owner must be a non-empty string or None.")
+        if not isinstance(name, str) or not name.strip() or len(name) > 200 or not _plain(name):
+            raise ValueError(
+                "api_keys.create: name must be a non-empty string of at most 200 printable characters."
+            )
+        if owner is not None and (not isinstance(owner, str) or not owner or len(owner) > 200
+                                  or not _plain(owner)):
+            raise ValueError("api_keys.create: owner must be a printable, non-empty string or None.")
         if isinstance(expires_in, timedelta):
             expires_in = expires_in.total_seconds()
         if expires_in is not None and (isinstance(expires_in, bool) or expires_in <= 0):
@@ -166,7 +178,7 @@ class ApiKeyStore:
 
     def list(self, owner: str | None = None) -> list[ApiKey]:
         """Every key (or only ``owner``'s), oldest first, revoked and expired ones included."""
-        keys = [k for k in self._all() if owner is None or k.owner == owner]
+        keys = [k for k in self._all(owner) if owner is None or k.owner == owner]
         return sorted(keys, key=lambda k: (k.created_at, k.key_id))
 
     # -- persistence --------------------------------------------------------------------------
@@ -183,7 +195,8 @@ class ApiKeyStore:
     def _set_revoked(self, key_id: str) -> None:
         raise NotImplementedError
 
-    def _all(self) -> Iterable[ApiKey]:
+    def _all(self, owner: str | None = None) -> Iterable[ApiKey]:
+        """Every key, or (where the store can select) only ``owner``'s."""
         raise NotImplementedError
 
 
@@ -211,7 +224,7 @@ class MemoryKeyStore(ApiKeyStore):
             key, digest = self._records[key_id]
             self._records[key_id] = (replace(key, revoked=True), digest)
 
-    def _all(self) -> Iterable[ApiKey]:
+    def _all(self, owner: str | None = None) -> Iterable[ApiKey]:
         return [key for key, _ in list(self._records.values())]
 
 
@@ -226,7 +239,8 @@ CREATE TABLE IF NOT EXISTS apiguard_api_keys (
     created_at REAL NOT NULL,
     expires_at REAL,
     revoked    INTEGER NOT NULL DEFAULT 0
-)
+);
+CREATE INDEX IF NOT EXISTS apiguard_api_keys_owner ON apiguard_api_keys (owner)
 """
 
 
@@ -237,9 +251,35 @@ class SqliteKeyStore(ApiKeyStore):
         super().__init__(prefix)
         self.path = path
         self._local = threading.local()
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute(_SCHEMA)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ApiGuardConfigError(
+                f"APIGUARD_API_KEY_STORE: cannot create the folder of {path!r} ({exc.strerror})."
+            ) from None
+        # Several workers starting on a new file race for the locks WAL and CREATE take
+        # (SQLite may answer "locked" at once to a journal-mode change): retry briefly.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+                try:
+                    db.execute("PRAGMA journal_mode=WAL")
+                    db.executescript(_SCHEMA)
+                finally:
+                    db.close()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise ApiGuardConfigError(
+                        f"APIGUARD_API_KEY_STORE: cannot open the SQLite store {path!r} "
+                        f"({exc})."
+                    ) from None
+                time.sleep(0.05)
+            except sqlite3.Error as exc:
+                raise ApiGuardConfigError(
+                    f"APIGUARD_API_KEY_STORE: cannot open the SQLite store {path!r} ({exc})."
+                ) from None
 
     def _connect(self) -> sqlite3.Connection:
         pid = os.getpid()
@@ -247,7 +287,6 @@ class SqliteKeyStore(ApiKeyStore):
         if db is None or getattr(self._local, "pid", None) != pid:
             try:
                 db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA busy_timeout=10000")
             except sqlite3.Error:
                 raise ServiceUnavailable("The API key store is unavailable.") from None
@@ -286,8 +325,12 @@ class SqliteKeyStore(ApiKeyStore):
     def _set_revoked(self, key_id: str) -> None:
         self._run("UPDATE apiguard_api_keys SET revoked = 1 WHERE key_id = ?", (key_id,))
 
-    def _all(self) -> Iterable[ApiKey]:
-        return [self._row(r)[0] for r in self._run("SELECT * FROM apiguard_api_keys")]
+    def _all(self, owner: str | None = None) -> Iterable[ApiKey]:
+        if owner is not None:
+            rows = self._run("SELECT * FROM apiguard_api_keys WHERE owner = ?", (owner,))
+        else:
+            rows = self._run("SELECT * FROM apiguard_api_keys")
+        return [self._row(r)[0] for r in rows]
 
 
 class RedisKeyStore(ApiKeyStore):
@@ -300,13 +343,13 @@ class RedisKeyStore(ApiKeyStore):
         try:
             import redis
         except ImportError:
-            from ..errors import ApiGuardConfigError
-
             raise ApiGuardConfigError(
                 'APIGUARD_API_KEY_STORE: a redis:// store needs the redis package: '
                 'pip install "flask-apiguard[redis]".'
             ) from None
         self._errors = (redis.RedisError, OSError)
+        if uri.startswith("redis+unix://"):  # the storage URI spelling; redis-py says unix://
+            uri = "unix://" + uri[len("redis+unix://"):]
         self.client = redis.Redis.from_url(uri, decode_responses=True, **options)
 
     def _call(self, fn: Any, *args: Any) -> Any:
@@ -330,6 +373,8 @@ class RedisKeyStore(ApiKeyStore):
         pipe = self.client.pipeline()
         pipe.hset(self._key(key.key_id), mapping=mapping)
         pipe.sadd(self.INDEX, key.key_id)
+        if key.owner is not None:
+            pipe.sadd(self._owner_index(key.owner), key.key_id)
         self._call(pipe.execute)
 
     def _decode(self, key_id: str, data: dict[str, str]) -> tuple[ApiKey, str]:
@@ -353,8 +398,12 @@ class RedisKeyStore(ApiKeyStore):
     def _set_revoked(self, key_id: str) -> None:
         self._call(self.client.hset, self._key(key_id), "revoked", "1")
 
-    def _all(self) -> Iterable[ApiKey]:
-        ids = sorted(self._call(self.client.smembers, self.INDEX))
+    def _owner_index(self, owner: str) -> str:
+        return f"{self.INDEX}:owner:{hashlib.sha256(owner.encode()).hexdigest()}"
+
+    def _all(self, owner: str | None = None) -> Iterable[ApiKey]:
+        index = self.INDEX if owner is None else self._owner_index(owner)
+        ids = sorted(self._call(self.client.smembers, index))
         pipe = self.client.pipeline()
         for key_id in ids:
             pipe.hgetall(self._key(key_id))

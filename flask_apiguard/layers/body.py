@@ -27,7 +27,9 @@ from ..errors import (
 )
 
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
-_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+#: A JSON string, or an unterminated one up to the end: every match ends where the scan goes on,
+#: so the substitution below is linear even on hostile input such as '"\"\"\"…'.
+_STRING = re.compile(rb'"(?:[^"\\]++|\\(?:.|\Z))*+(?:"|\Z)', re.DOTALL)
 _KEEP_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _OPEN = frozenset(b"[{")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
@@ -43,7 +45,9 @@ def is_json_type(mimetype: str) -> bool:
 def depth_exceeds(data: bytes, limit: int) -> bool:
     """True when the JSON text in ``data`` nests arrays/objects deeper than ``limit``.
 
-    Strings are blanked first so brackets inside them do not count; the scan is iterative.
+    Strings are blanked first so brackets inside them do not count; the scan is iterative
+    and linear. An unterminated string hides the brackets after it, which is safe: the parser
+    stops at that string, never deeper than the brackets counted before it.
     """
     if data.count(b"[") + data.count(b"{") <= limit:
         return False
@@ -89,6 +93,11 @@ def _finite_float(text: str) -> float:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
+def _streamed(environ: dict[str, Any]) -> bool:
+    """A body with no declared length that the server still delivers (and terminates)."""
+    return "HTTP_TRANSFER_ENCODING" in environ or bool(environ.get("wsgi.input_terminated"))
+
+
 def _declared_length(environ: dict[str, Any]) -> int | None:
     """``Content-Length`` as werkzeug reads it: None for a streamed body, 0 when invalid."""
     if "HTTP_TRANSFER_ENCODING" in environ and "chunked" in environ["HTTP_TRANSFER_ENCODING"].lower():
@@ -124,22 +133,27 @@ class BodyGuard:
         the limit is read into the request's cache here, and the answer is 413 when that byte
         came; werkzeug's own cap would silently cut such a body at the limit instead.
         """
-        if self.max_length is None:
-            return
-        length = _declared_length(request.environ)
+        environ = request.environ
+        limit = self.max_length
+        length = _declared_length(environ)
         if length is not None:
-            if length > self.max_length:
+            if limit is not None and length > limit:
                 raise self._too_large()
-            request.max_content_length = self.max_length
+            request.max_content_length = limit
             return
-        if "HTTP_TRANSFER_ENCODING" in request.environ:
-            request.max_content_length = self.max_length + 1
-            try:
-                data = request.get_data(cache=True)
-            except RequestEntityTooLarge:
-                raise self._too_large() from None
-            if len(data) > self.max_length:
-                raise self._too_large()
+        if not _streamed(environ):
+            request.max_content_length = limit  # werkzeug reads nothing without a length
+            return
+        # No declared length but a stream the server terminates: chunked HTTP/1.1, or an
+        # HTTP/2 request without content-length. Read it now (bounded), so that every later
+        # check sees the real body.
+        request.max_content_length = None if limit is None else limit + 1
+        try:
+            data = request.get_data(cache=True)
+        except RequestEntityTooLarge:
+            raise self._too_large() from None
+        if limit is not None and len(data) > limit:
+            raise self._too_large()
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"The request body may be at most {self.max_length} bytes.")
@@ -147,9 +161,9 @@ class BodyGuard:
     # -- step 10 ------------------------------------------------------------------------------
     def check_body(self, request: Request, accepts_form: bool) -> Any:
         """Check the body; return the parsed JSON document, or ``...`` when there is none."""
-        environ = request.environ
-        if not environ.get("CONTENT_LENGTH", "0").strip("0 ") and "HTTP_TRANSFER_ENCODING" not in environ:
-            return ...
+        length = _declared_length(request.environ)
+        if length == 0 or (length is None and not getattr(request, "_cached_data", None)):
+            return ...  # no body (a streamed one was read, and cached, at step 6)
         mimetype = request.mimetype
         if is_json_type(mimetype):
             return self._parse_json(request)
