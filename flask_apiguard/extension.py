@@ -617,11 +617,6 @@ class ApiGuard:
         """The current app's API key store (``create``, ``verify``, ``revoke``, ``list``)."""
         return _state().api_keys
 
-    @staticmethod
-    def route_policy(endpoint: str, method: str = "GET") -> Route:
-        """The compiled policy the pipeline enforces for ``endpoint`` and ``method``."""
-        return _state().route(endpoint, method)
-
 
 def guard_state(app: Flask) -> GuardState:
     """The :class:`GuardState` of ``app`` (for the CLI and tests)."""
