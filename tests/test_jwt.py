@@ -12,49 +12,19 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from flask import Flask
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from flask_apiguard import ApiGuard, ApiGuardConfigError, current_identity, require_jwt, roles
 
-from .conftest import SECRET, bearer, problem, token_for
+from .conftest import SECRET, bearer, private_pem, problem, public_pem, token_for
 
 OTHER_SECRET = "Zq8Wm3Xr5Tn1Ys7Uv2Ko9Lp4Jh6Gf0Dd3Sa8Qe5Rw1Ty7Ui"
 
 
 # -- keys ---------------------------------------------------------------------------------------
 
-def private_pem(key: Any) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
-
-
-def public_pem(key: Any) -> str:
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
-
-
-@pytest.fixture(scope="module")
-def rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture(scope="module")
-def other_rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture(scope="module")
-def ec_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-@pytest.fixture(scope="module")
-def ed_key() -> ed25519.Ed25519PrivateKey:
-    return ed25519.Ed25519PrivateKey.generate()
 
 
 # -- apps and tokens ----------------------------------------------------------------------------

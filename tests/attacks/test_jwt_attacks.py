@@ -21,14 +21,13 @@ import jwt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from flask import Flask
 from jwt.algorithms import RSAAlgorithm
 
 from flask_apiguard import ApiGuard, ApiGuardConfigError, current_identity, roles
 
-from ..conftest import SECRET, bearer, problem
+from ..conftest import SECRET, bearer, problem, public_pem
 
 ATTACKER_SECRET = "attacker-controlled-secret-that-is-long-enough-0123456789"
 QUIET = {"APIGUARD_AUTH_FAILURE_LIMIT": None, "APIGUARD_RATELIMIT_DEFAULT": None}
@@ -65,20 +64,14 @@ def forge(header: Any, payload: Any, key: bytes | str | None = SECRET) -> str:
 
 # -- keys and apps ------------------------------------------------------------------------------
 
-def public_pem(key: Any) -> str:
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+@pytest.fixture
+def server_key(rsa_key: Any) -> Any:
+    return rsa_key
 
 
-@pytest.fixture(scope="module")
-def server_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-@pytest.fixture(scope="module")
-def attacker_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+@pytest.fixture
+def attacker_key(other_rsa_key: Any) -> Any:
+    return other_rsa_key
 
 
 def guarded(make_app: Callable[..., Flask], **config: Any) -> Flask:
