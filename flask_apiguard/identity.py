@@ -42,15 +42,17 @@ class Identity:
 
     def has_roles(self, *names: str, require: str = "any") -> bool:
         """True when the identity holds any (or, with ``require="all"``, all) of ``names``."""
-        wanted = frozenset(names)
-        if require == "all":
-            return wanted <= self.roles
-        return bool(wanted & self.roles)
+        return holds(self.roles, frozenset(names), require)
 
     def __repr__(self) -> str:
         if not self.is_authenticated:
             return "<Identity anonymous>"
         return f"<Identity {self.method} subject={self.subject!r} roles={sorted(self.roles)}>"
+
+
+def holds(held: frozenset[str], wanted: frozenset[str], require: str = "any") -> bool:
+    """Whether ``held`` contains any (or, with ``require="all"``, all) of ``wanted``."""
+    return wanted <= held if require == "all" else bool(wanted & held)
 
 
 ANONYMOUS = Identity()

@@ -99,7 +99,6 @@ class Verdict:
     breached: LimitProbe | None = None
     window: WindowState | None = None
     retry_after: int = 0
-    degraded: bool = False
     #: ``count="failures"`` probes this request holds a place in, and the backend holding it:
     #: settled after the response (counted if it failed) and released in any case.
     reserved: tuple[LimitProbe, ...] = ()
@@ -424,8 +423,6 @@ class Backend:
     def revoke(self, jti: str, ttl: int) -> None:
         self.revocations.add(jti, ttl)
 
-    def ping(self) -> bool:
-        return bool(self.storage.check())
 
 
 def reservation_token() -> str:
@@ -620,10 +617,6 @@ class SharedState:
         return self._primary
 
     # -- health -------------------------------------------------------------------------------
-    @property
-    def is_down(self) -> bool:
-        return self._down_since is not None
-
     def _usable(self) -> bool:
         return self._down_since is None or time.monotonic() >= self._retry_at
 
@@ -672,10 +665,8 @@ class SharedState:
         if self.on_error == "closed":
             raise ServiceUnavailable("Rate limiting is unavailable right now.")
         if self.on_error == "open":
-            return Verdict(degraded=True)
-        verdict = self.fallback.admit(failure, auth_failed, None, limits, want_window)
-        verdict.degraded = True
-        return verdict
+            return Verdict()
+        return self.fallback.admit(failure, auth_failed, None, limits, want_window)
 
     def settle(self, backend: Backend, probes: Sequence[LimitProbe], token: str, failed: bool,
                want_window: bool = False) -> list[WindowState]:
@@ -696,9 +687,3 @@ class SharedState:
         except self.errors as exc:
             self._mark_down(exc)
             raise ServiceUnavailable("The token could not be revoked: storage is unavailable.") from None
-
-    def ping(self) -> bool:
-        try:
-            return self.primary.ping()
-        except self.errors:
-            return False

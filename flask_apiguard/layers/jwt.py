@@ -259,14 +259,6 @@ class JwtLayer:
         else:
             self.default_key = public or private
 
-    @property
-    def configured(self) -> bool:
-        return bool(self.keys) or self.default_key is not None
-
-    def clear_cache(self) -> None:
-        with self._lock:
-            self._cache.clear()
-
     # -- verification -------------------------------------------------------------------------
     def verify_header(self, header: str) -> tuple[Identity, str | None]:
         """Verify the token of an ``Authorization: Bearer <token>`` value (the caller matched
