@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, current_app, g, request
+from flask import Flask, current_app, has_request_context, request
 from flask.typing import ResponseReturnValue
 from werkzeug import exceptions as wz
-from werkzeug.datastructures import Headers
 from werkzeug.routing import RequestRedirect
 from werkzeug.wrappers import Response
 
@@ -36,7 +35,7 @@ from .errors import (
     Unauthorized,
     problem_response,
 )
-from .identity import ANONYMOUS, G_ATTR, Identity, holds
+from .identity import ANONYMOUS, ENVIRON_KEY, Identity, holds
 from .layers import proxies
 from .layers.apikeys import ApiKeyStore, identity_of, open_store
 from .layers.body import BodyGuard
@@ -56,7 +55,7 @@ if TYPE_CHECKING:
 EXTENSION_NAME = "apiguard"
 _DEFAULT_REVOCATION_TTL = 30 * 24 * 3600
 _LOGGED_STATUSES = frozenset({401, 403, 413, 415, 429})
-_DONE = "_apiguard_done"  # set on a response once the after-request hook has run
+_SECURE_SCHEMES = frozenset({"https", "wss"})  # werkzeug's Request.is_secure
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +79,7 @@ class Route:
 
 @dataclass(slots=True)
 class RequestState:
-    """Everything the guard knows about the current request: one namespace on ``g``."""
+    """Everything the guard knows about the current request: one namespace in its WSGI environ."""
 
     request_id: str
     client: str = "unknown"
@@ -94,15 +93,9 @@ class RequestState:
     reserved: tuple[LimitProbe, ...] = ()
     reserved_on: Backend | None = None
     reserve_token: str = ""
-    #: The WSGI environ of the request this state belongs to, and the state of an enclosing
-    #: request when one request is handled inside another (they share one ``g``).
-    environ: dict[str, Any] | None = None
-    outer: RequestState | None = None
-    #: Set at teardown: the state stays on ``g`` (a streamed body or a later teardown hook
-    #: may still read ``current_identity``) but is never taken for an enclosing request.
-    finished: bool = False
-    #: Set when an app's after-request hook raised: Flask answers with a 500 instead.
-    hook_failed: bool = False
+    #: Set once the security event of this request's response is recorded (a second
+    #: ``start_response`` with ``exc_info`` must not record it again).
+    logged: bool = False
 
 
 class GuardState:
@@ -202,14 +195,6 @@ class GuardState:
         )
 
 
-def _header_list(headers: Headers) -> list[tuple[str, str]]:
-    """The list behind werkzeug's :class:`Headers` (its documented storage since 0.x)."""
-    items = getattr(headers, "_list", None)
-    if isinstance(items, list):
-        return items
-    raise RuntimeError("flask-apiguard needs werkzeug's Headers with a list of pairs.")
-
-
 def _state() -> GuardState:
     try:
         return current_app.extensions[EXTENSION_NAME]  # type: ignore[no-any-return]
@@ -221,13 +206,29 @@ def _state() -> GuardState:
 
 def _request_state(environ: dict[str, Any]) -> RequestState:
     """The state of the request ``environ`` belongs to; a fresh one (with a new request id)
-    when the guard's before-request hook did not run for it."""
-    current: RequestState | None = g.get(G_ATTR)
-    if current is None or current.environ is not environ:
-        outer = current if current is not None and not current.finished else None
-        current = RequestState(request_id=new_request_id(), environ=environ, outer=outer)
-        setattr(g._get_current_object(), G_ATTR, current)
+    when the guard's before-request hook did not run for it (a URL value preprocessor that
+    aborted, a response from WSGI middleware installed before the guard)."""
+    current: RequestState | None = environ.get(ENVIRON_KEY)
+    if current is None:
+        current = environ[ENVIRON_KEY] = RequestState(request_id=new_request_id())
     return current
+
+
+def _vary_with_origin(headers: list[tuple[str, str]]) -> None:
+    """Make the response's ``Vary`` name ``Origin`` (the CORS answer depends on it)."""
+    first = -1
+    for index, (name, value) in enumerate(headers):
+        if name.lower() == "vary":
+            tokens = {token.strip().lower() for token in value.split(",")}
+            if "origin" in tokens or "*" in tokens:
+                return
+            if first < 0:
+                first = index
+    if first < 0:
+        headers.append(("Vary", "Origin"))
+    else:
+        name, value = headers[first]
+        headers[first] = (name, f"{value}, Origin" if value.strip() else "Origin")
 
 
 def _authorization_error(route: Route, identity: Identity) -> ApiGuardError | None:
@@ -309,59 +310,24 @@ class ApiGuard:
         config = load_config(app.config, app.instance_path)
         state = GuardState(self, app, config)
         app.extensions[EXTENSION_NAME] = state
-        proxies.install(app, config.trusted_proxies)
         if config.force_https and not app.config.get("SESSION_COOKIE_SECURE"):
             app.config["SESSION_COOKIE_SECURE"] = True
         if app.config.get("SESSION_COOKIE_SAMESITE") is None:
             app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
-        # Our hook runs before the app's own hooks, and our after-hook after theirs (Flask
-        # runs after-request functions in reverse order of registration).
-        # The hooks close over this app's state (no current_app lookup per request) and are
-        # plain functions (Flask checks each hook for a coroutine on every call; a function is
-        # the cheap case).
+        # The pipeline is the first before-request hook, so it runs before the app's own. It
+        # is a plain function closing over this app's state: no current_app lookup per request,
+        # and the cheap case of Flask's per-call coroutine check.
         def before_request() -> ResponseReturnValue | None:
             return self._before_request(state)
 
-        def after_request(response: Response) -> Response:
-            return self._after_request(state, response)
-
-        def teardown_request(exc: BaseException | None = None) -> None:
-            current = g.get(G_ATTR)
-            if current is None or current.environ is not request.environ:
-                return  # a context pushed inside a request, not a request of ours
-            if current.reserved and current.reserved_on is not None:
-                # the after-request hook never settled it: count it, to be safe
-                state.shared.settle(current.reserved_on, current.reserved, current.reserve_token,
-                                    failed=True)
-                current.reserved = ()
-            current.finished = True
-            if current.outer is not None:  # back to the request this one ran inside
-                setattr(g._get_current_object(), G_ATTR, current.outer)
-
         app.before_request_funcs.setdefault(None, []).insert(0, before_request)
-        app.after_request_funcs.setdefault(None, []).insert(0, after_request)
-        app.teardown_request(teardown_request)
-
-        # Our after-request hook runs last, so an app's own hook that raises would stop it,
-        # and the 500 Flask then sends (built and processed again) would lack the security
-        # headers and the request id. Wrapping the app's process_response closes that gap.
-        process_response = app.process_response
-
-        def guarded_process_response(response: Any) -> Any:
-            try:
-                return process_response(response)
-            except Exception:
-                current = g.get(G_ATTR)
-                if current is not None and current.environ is request.environ \
-                        and not current.hook_failed:
-                    # First failure: this response is thrown away and Flask answers with a
-                    # 500 that comes through here again; that is the one to process.
-                    current.hook_failed = True
-                elif not getattr(response, _DONE, False):
-                    self._after_request(state, response)
-                raise
-
-        app.process_response = guarded_process_response  # type: ignore[method-assign]
+        # After the view, the guard's headers are added where the response is finally sent:
+        # in start_response, around the app's WSGI callable (inside any proxy middleware).
+        # Whatever answers (the view, an error handler, the 500 after an app hook raised,
+        # a routing redirect) passes there exactly once, after every app hook, and the header
+        # list is extended in place instead of being copied and re-validated by werkzeug.
+        app.wsgi_app = self._finishing(state, app, app.wsgi_app)  # type: ignore[method-assign]
+        proxies.install(app, config.trusted_proxies)
         app.register_error_handler(wz.HTTPException, self._handle_http_error)
         from .audit import warn_at_startup
         from .cli import apiguard_cli
@@ -372,12 +338,8 @@ class ApiGuard:
     # -- the pipeline -------------------------------------------------------------------------
     def _before_request(self, state: GuardState) -> ResponseReturnValue | None:
         req: Request = request._get_current_object()  # type: ignore[attr-defined]
-        holder = g._get_current_object()
-        outer = getattr(holder, G_ATTR, None)
-        enclosing = outer is not None and not outer.finished and outer.environ is not req.environ
-        current = RequestState(request_id=state.request_ids.resolve(req.environ), environ=req.environ,
-                               outer=outer if enclosing else None)
-        setattr(holder, G_ATTR, current)
+        environ = req.environ
+        current = environ[ENVIRON_KEY] = RequestState(request_id=state.request_ids.resolve(environ))
         try:
             return self._pipeline(state, req, current)
         except ApiGuardError as exc:
@@ -509,40 +471,73 @@ class ApiGuard:
         return exc
 
     # -- after the view -----------------------------------------------------------------------
-    def _after_request(self, state: GuardState, response: Response) -> Response:
+    def _finishing(self, state: GuardState, app: Flask, wsgi_app: Any) -> Any:
+        """``wsgi_app`` with the guard's response step in its ``start_response``."""
+        finish = self._finish
+
+        def guarded_wsgi_app(environ: dict[str, Any], start_response: Any) -> Any:
+            def finishing_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+                if type(headers) is not list:
+                    headers = list(headers)
+                finish(state, app, environ, status, headers)
+                return start_response(status, headers, exc_info)
+
+            try:
+                return wsgi_app(environ, finishing_start_response)
+            finally:
+                current: RequestState | None = environ.get(ENVIRON_KEY)
+                if current is not None and current.reserved and current.reserved_on is not None:
+                    # No response was started (an exception went up to the server): count
+                    # the held places as a failure, to be safe, and give them back.
+                    reserved, backend = current.reserved, current.reserved_on
+                    current.reserved, current.reserved_on = (), None
+                    state.shared.settle(backend, reserved, current.reserve_token, failed=True)
+
+        return guarded_wsgi_app
+
+    def _finish(self, state: GuardState, app: Flask, environ: dict[str, Any], status: str,
+                headers: list[tuple[str, str]]) -> None:
+        """Security, CORS and rate-limit headers, the request id and ``Cache-Control`` on the
+        header list about to be sent; settle ``count="failures"`` places; record the event.
+
+        Every value added was validated at start-up or is generated here, so the list is
+        extended directly. A header the view or the app's own hooks set is left alone.
+        """
         config = state.config
-        setattr(response, _DONE, True)
-        req = request._get_current_object()  # type: ignore[attr-defined]
-        current = _request_state(req.environ)
-        headers = response.headers
-        # Every value added here was validated at start-up or is generated by us, so the
-        # header list is extended directly rather than through Headers.add's checks. A header
-        # the view (or the app's own hooks) already set is left alone.
-        added = _header_list(headers)
-        present = {name.lower() for name, _ in added}
-        add = added.append
-        for name, lower, value in state.https_headers if req.is_secure else state.http_headers:
+        current = environ.get(ENVIRON_KEY)
+        if current is None:
+            # The pipeline did not run for this environ; middleware inside the guard may
+            # have handed Flask a copy of it, whose state the request context knows.
+            if has_request_context():
+                current = request.environ.get(ENVIRON_KEY)
+            if current is None:
+                current = environ[ENVIRON_KEY] = RequestState(request_id=new_request_id())
+        present = {name.lower() for name, _ in headers}
+        add = headers.append
+        secure = environ.get("wsgi.url_scheme") in _SECURE_SCHEMES
+        for name, lower, value in state.https_headers if secure else state.http_headers:
             if lower not in present:
                 add((name, value))
         if state.cors is not None:
-            origin = req.environ.get("HTTP_ORIGIN")
+            origin = environ.get("HTTP_ORIGIN")
             if origin and not current.preflight:
                 for name, value in state.cors.headers_for(origin):
                     if name.lower() not in present:
                         add((name, value))
-            if "vary" not in present:
-                add(("Vary", "Origin"))
+            if "vary" in present:
+                _vary_with_origin(headers)
             else:
-                vary = headers.get("Vary", "")
-                if "origin" not in vary.lower():
-                    headers["Vary"] = f"{vary}, Origin"
-        status = response.status_code
+                add(("Vary", "Origin"))
+        try:
+            code = int(status[:3])
+        except ValueError:
+            code = 500
         if current.reserved and current.reserved_on is not None:
             reserved, backend = current.reserved, current.reserved_on
             current.reserved, current.reserved_on = (), None
-            counted = state.shared.settle(backend, reserved, current.reserve_token, status >= 400,
+            counted = state.shared.settle(backend, reserved, current.reserve_token, code >= 400,
                                           config.ratelimit_headers)
-            if status >= 400:
+            if code >= 400:
                 current.window = _after_deferred(current.window, reserved, counted)
         if current.window is not None and config.ratelimit_headers:
             window = current.window
@@ -552,12 +547,17 @@ class ApiGuard:
         if state.request_id_lower not in present:
             add((config.request_id_header, current.request_id))
         if config.cache_control and "cache-control" not in present and (
-            status >= 400 or current.credentials
+            code >= 400 or current.credentials
         ):
             add(("Cache-Control", config.cache_control))
-        if current.error is not None or status in _LOGGED_STATUSES or status >= 500:
-            state.security_log.record(current_app._get_current_object(), req, current, status)  # type: ignore[attr-defined]
-        return response
+        if (current.error is not None or code in _LOGGED_STATUSES or code >= 500) \
+                and not current.logged:
+            current.logged = True
+            if has_request_context() and request.environ is environ:
+                req = request._get_current_object()  # type: ignore[attr-defined]
+            else:
+                req = app.request_class(environ)
+            state.security_log.record(app, req, current, code)
 
     def _handle_http_error(self, exc: wz.HTTPException) -> ResponseReturnValue:
         if exc.response is not None:

@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
-from flask import g
+from flask import has_request_context, request
 from werkzeug.local import LocalProxy
 
-#: The attribute of :data:`flask.g` that holds the per-request state (one namespace).
-G_ATTR = "_apiguard"
+#: The WSGI environ key that holds the per-request state (one namespace). The state lives with
+#: the request it describes, so a request handled inside another keeps its own.
+ENVIRON_KEY = "flask_apiguard.state"
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -59,7 +60,9 @@ ANONYMOUS = Identity()
 
 
 def _identity() -> Identity:
-    state = g.get(G_ATTR)
+    if not has_request_context():
+        return ANONYMOUS
+    state = request.environ.get(ENVIRON_KEY)
     identity = getattr(state, "identity", None)
     return identity if identity is not None else ANONYMOUS
 
