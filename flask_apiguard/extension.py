@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +43,7 @@ from .layers.cors import Cors
 from .layers.headers import SecurityHeaders
 from .layers.hosts import TrustedHosts
 from .layers.jwt import JwtLayer
-from .layers.ratelimit import CompiledLimit, compile_limits, failure_probes, probes
+from .layers.ratelimit import CompiledLimit, FailureLimit, ProbeCache, compile_limits, probes
 from .layers.requestid import RequestIds, new_request_id
 from .layers.validation import load as load_location
 from .policy import Policy, ValidationSpec, declared_policy
@@ -75,6 +75,8 @@ class Route:
     accepts_form: bool
     list_query_fields: frozenset[str]
     declared: Policy
+    #: This route's probes by bucket name (see :func:`~.layers.ratelimit.probes`).
+    probe_cache: ProbeCache = field(default_factory=ProbeCache, compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -126,7 +128,7 @@ class GuardState:
             config.ratelimit_strategy,
             config.ratelimit_on_storage_error,
         )
-        self.failure_items = (
+        self.failure_limit = FailureLimit(
             tuple(parse_many(config.auth_failure_limit)) if config.auth_failure_limit else ()
         )
         self.security_log = seclog.SecurityLog(config.security_log)
@@ -390,7 +392,7 @@ class ApiGuard:
             # anyone, unauthenticated and uncounted. Flask's own answer lists the methods.
             return current_app.make_default_options_response()
         # 6. body size, before anything reads the body
-        state.body.check_size(req)
+        length = state.body.check_size(req)
 
         # 7. authentication (no I/O but an API key lookup)
         identity, jti, auth_error, presented = ANONYMOUS, None, None, False
@@ -415,10 +417,10 @@ class ApiGuard:
             current.identity = identity  # a limit's key function may read current_identity
 
         # 7-9 in one question to the shared state: auth-failure limit, revocation, rate limits
-        failure = failure_probes(state.failure_items, current.client) if presented else ()
+        failure = state.failure_limit.probes(current.client) if presented else ()
         if jti is None or not config.jwt_revocation:
             jti = None
-        limits = probes(route.limits, identity, current.client) \
+        limits = probes(route.limits, identity, current.client, route.probe_cache) \
             if auth_error is None and authz_error is None else ()
         if failure or jti or limits:
             verdict = state.shared.admit(failure, auth_error is not None, jti, limits,
@@ -440,7 +442,7 @@ class ApiGuard:
             raise authz_error
 
         # 10. body and parameter checks, then @validate
-        document = state.body.check_body(req, route.accepts_form)
+        document = state.body.check_body(req, route.accepts_form, length)
         state.body.check_query(req, route.list_query_fields)
         if route.validations:
             view_args = req.view_args if req.view_args is not None else {}

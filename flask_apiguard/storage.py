@@ -24,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import floor
 from typing import Any, NamedTuple, cast
 
@@ -62,10 +62,13 @@ class LimitProbe:
     cost: int = 1
     hit: bool = True
     key: str = ""
+    #: The window length in seconds (``item.get_expiry()``, read once).
+    expiry: int = field(default=0, compare=False)
 
     def __post_init__(self) -> None:
         if not self.key:
             object.__setattr__(self, "key", storage_key(self.item, self.identifiers))
+        object.__setattr__(self, "expiry", self.item.get_expiry())
 
 
 class WindowState(NamedTuple):
@@ -181,9 +184,13 @@ class LocalStorage(MemoryStorage):
         as ``get_sliding_window`` would read it right after: the memory counterpart of the
         Redis gate's one round trip, so a request reads its counters once, not twice."""
         now = time.time()
-        previous_key, current_key = self.sliding_window_keys(key, expiry, now)
-        previous, previous_ttl, current, current_ttl = self._get_sliding_window_info(
-            previous_key, current_key, expiry, now)
+        # sliding_window_keys and _get_sliding_window_info of the parent, inlined (the same
+        # keys and figures; this runs on every limited request)
+        previous_key, current_key = f"{key}/{int((now - expiry) / expiry)}", f"{key}/{int(now / expiry)}"
+        previous = self._count(previous_key, now)
+        current = self._count(current_key, now)
+        previous_ttl = 0.0 if previous == 0 else (1 - (((now - expiry) / expiry) % 1)) * expiry
+        current_ttl = (1 - ((now / expiry) % 1)) * expiry + expiry
         if amount > limit or floor(previous * previous_ttl / expiry + current) + amount > limit:
             return False, (previous, previous_ttl, current, current_ttl)
         # incr(), minus the checks it repeats: the key was just read (and so expired) above
@@ -242,11 +249,10 @@ class Counter:
     def hit_window(self, probe: LimitProbe, now: float) -> tuple[bool, WindowState]:
         """Consume ``probe`` and read its window afterwards (in one step where the storage can)."""
         if self.fast_sliding:
-            expiry = probe.item.get_expiry()
+            expiry, amount = probe.expiry, probe.item.amount
             allowed, (previous, previous_ttl, current, current_ttl) = \
-                self.storage.acquire_sliding_window_with_state(probe.key, probe.item.amount, expiry,
-                                                               probe.cost)
-            return allowed, sliding_window_state(probe.item.amount, expiry, previous, previous_ttl,
+                self.storage.acquire_sliding_window_with_state(probe.key, amount, expiry, probe.cost)
+            return allowed, sliding_window_state(amount, expiry, previous, previous_ttl,
                                                  current, current_ttl, probe.key)
         allowed = self.hit(probe)
         return allowed, self.window(probe, now)
@@ -332,6 +338,15 @@ class Backend:
         if jti is not None and self.revocations.contains(jti):
             self.count_failure(failure)
             return Verdict(revoked=True)
+        if len(limits) == 1 and limits[0].hit:  # the usual case: one limit, counted now
+            probe = limits[0]
+            if want_window:
+                allowed, window = counter.hit_window(probe, time.time())
+            else:
+                allowed, window = counter.hit(probe), None
+            if not allowed:
+                return refusal(probe, [(probe, counter.window(probe, time.time()))])
+            return Verdict(window=window)
         pending = tuple(p for p in limits if not p.hit)
         if not pending:
             return self._consume(limits, {}, want_window)

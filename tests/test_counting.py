@@ -104,3 +104,17 @@ def test_cost_larger_than_the_limit_is_refused(clock: Clock) -> None:
     probe = LimitProbe(parse("2/minute"), ("apiguard", "view:y", "k"), cost=3)
     allowed, window = ours.hit_window(probe, clock.now)
     assert not allowed and window.remaining == 2
+
+
+@pytest.mark.parametrize("expiry", [1, 60, 3600, 86_400])
+def test_one_step_acquire_uses_limits_own_keys(clock: Clock, expiry: int) -> None:
+    """The inlined window keys are those of limits' ``sliding_window_keys``: its own reader
+    sees every hit, across a window boundary too."""
+    storage = LocalStorage()
+    for step in range(5):
+        clock.now = 1_800_000_000.0 + step * expiry * 0.4
+        allowed, (previous, previous_ttl, current, current_ttl) = \
+            storage.acquire_sliding_window_with_state("apiguard/k", 100, expiry, 2)
+        assert allowed
+        assert MemoryStorage.get_sliding_window(storage, "apiguard/k", expiry) == \
+            (previous, previous_ttl, current, current_ttl)

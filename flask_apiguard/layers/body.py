@@ -125,13 +125,15 @@ class BodyGuard:
         self.duplicate_params = config.duplicate_params
 
     # -- step 6 -------------------------------------------------------------------------------
-    def check_size(self, request: Request) -> None:
+    def check_size(self, request: Request) -> int | None:
         """413 when the body is over the limit, before the view or the form parser read it.
 
         With a ``Content-Length`` the header decides and nothing is read. A streamed body
         (``Transfer-Encoding: chunked``) has no announced size, so at most one byte more than
         the limit is read into the request's cache here, and the answer is 413 when that byte
         came; werkzeug's own cap would silently cut such a body at the limit instead.
+
+        Returns the declared length (None for a streamed body or none), for :meth:`check_body`.
         """
         environ = request.environ
         limit = self.max_length
@@ -140,10 +142,10 @@ class BodyGuard:
             if limit is not None and length > limit:
                 raise self._too_large()
             request.max_content_length = limit
-            return
+            return length
         if not _streamed(environ):
             request.max_content_length = limit  # werkzeug reads nothing without a length
-            return
+            return None
         # No declared length but a stream the server terminates: chunked HTTP/1.1, or an
         # HTTP/2 request without content-length. Read it now (bounded), so that every later
         # check sees the real body.
@@ -154,19 +156,22 @@ class BodyGuard:
             raise self._too_large() from None
         if limit is not None and len(data) > limit:
             raise self._too_large()
+        return None
 
     def _too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"The request body may be at most {self.max_length} bytes.")
 
     # -- step 10 ------------------------------------------------------------------------------
-    def check_body(self, request: Request, accepts_form: bool) -> Any:
-        """Check the body; return the parsed JSON document, or ``...`` when there is none."""
-        length = _declared_length(request.environ)
+    def check_body(self, request: Request, accepts_form: bool, length: int | None) -> Any:
+        """Check the body (``length`` as :meth:`check_size` returned it); return the parsed
+        JSON document, or ``...`` when there is none."""
         if length == 0 or (length is None and not getattr(request, "_cached_data", None)):
             return ...  # no body (a streamed one was read, and cached, at step 6)
+        # the common case without parsing the header: exactly "application/json"
+        if request.environ.get("CONTENT_TYPE") == "application/json" \
+                or is_json_type(request.mimetype):
+            return self._parse_json(request, length)
         mimetype = request.mimetype
-        if is_json_type(mimetype):
-            return self._parse_json(request)
         if accepts_form and mimetype in FORM_TYPES:
             self._read(request, form=True)
             return ...
@@ -175,7 +180,7 @@ class BodyGuard:
             raise UnsupportedMediaType(f"The request body must be {expected}.")
         return ...
 
-    def _read(self, request: Request, *, form: bool = False) -> bytes:
+    def _read(self, request: Request, length: int | None = None, *, form: bool = False) -> bytes:
         try:
             if form:
                 request.form  # noqa: B018 - parse now, under the size limit
@@ -184,7 +189,6 @@ class BodyGuard:
             if cached is not None:
                 return cached
             environ = request.environ
-            length = _declared_length(environ)
             if length is not None and "stream" not in request.__dict__:
                 # A declared length already checked against the limit, and nobody has opened
                 # the stream yet: read exactly that many bytes from the WSGI input, as
@@ -197,8 +201,8 @@ class BodyGuard:
         except RequestEntityTooLarge:
             raise self._too_large() from None
 
-    def _parse_json(self, request: Request) -> Any:
-        data = self._read(request)
+    def _parse_json(self, request: Request, length: int | None) -> Any:
+        data = self._read(request, length)
         if not data:
             return ...
         try:

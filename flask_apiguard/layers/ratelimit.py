@@ -90,17 +90,25 @@ def key_value(key: str | Callable[[], str], identity: Identity, client: str) -> 
 
 
 _CACHE_SIZE = 8192
-_probe_cache: dict[tuple[Any, ...], tuple[LimitProbe, ...]] = {}
 
 
-def _cached(key: tuple[Any, ...], build: Callable[[], tuple[LimitProbe, ...]]) -> tuple[LimitProbe, ...]:
-    """Probes are immutable, so the same limits and keys reuse the same objects (bounded)."""
-    found = _probe_cache.get(key)
-    if found is None:
-        if len(_probe_cache) >= _CACHE_SIZE:
-            _probe_cache.clear()
-        found = _probe_cache[key] = build()
-    return found
+class ProbeCache:
+    """Probes are immutable, so the same limits and keys reuse the same objects: one bounded
+    map per route (and one for the auth-failure limit), keyed by the request's bucket names."""
+
+    __slots__ = ("_found",)
+
+    def __init__(self) -> None:
+        self._found: dict[Any, tuple[LimitProbe, ...]] = {}
+
+    def get(self, key: Any) -> tuple[LimitProbe, ...] | None:
+        return self._found.get(key)
+
+    def put(self, key: Any, probes: tuple[LimitProbe, ...]) -> tuple[LimitProbe, ...]:
+        if len(self._found) >= _CACHE_SIZE:
+            self._found.clear()
+        self._found[key] = probes
+        return probes
 
 
 def storage_key(limit: CompiledLimit, key: str) -> str:
@@ -114,18 +122,40 @@ def storage_key(limit: CompiledLimit, key: str) -> str:
     return f"{item.namespace}/{'/'.join(identifiers)}/{item.multiples}/{item.GRANULARITY.name}"
 
 
-def probes(limits: tuple[CompiledLimit, ...], identity: Identity, client: str) -> tuple[LimitProbe, ...]:
-    """This request's probes; ``count="failures"`` limits are only tested now, hit later."""
+def probes(limits: tuple[CompiledLimit, ...], identity: Identity, client: str,
+           cache: ProbeCache) -> tuple[LimitProbe, ...]:
+    """This request's probes; ``count="failures"`` limits are only tested now, hit later.
+    ``cache`` belongs to ``limits`` (one per route)."""
+    if len(limits) == 1:
+        keys: Any = key_value(limits[0].key, identity, client)
+        found = cache.get(keys)
+        if found is not None:
+            return found
+        return cache.put(keys, (_probe(limits[0], keys),))
     keys = tuple(key_value(limit.key, identity, client) for limit in limits)
-    return _cached((limits, keys), lambda: tuple(
-        LimitProbe(limit.item, (NAMESPACE, limit.counter, key), limit.cost,
-                   hit=not limit.failures_only, key=storage_key(limit, key))
-        for limit, key in zip(limits, keys, strict=True)
-    ))
+    found = cache.get(keys)
+    if found is not None:
+        return found
+    return cache.put(keys, tuple(_probe(limit, key) for limit, key in zip(limits, keys, strict=True)))
 
 
-def failure_probes(items: tuple[RateLimitItem, ...], client: str) -> tuple[LimitProbe, ...]:
-    """The auth-failure counters of a client IP (``APIGUARD_AUTH_FAILURE_LIMIT``)."""
-    return _cached(("authfail", items, client), lambda: tuple(
-        LimitProbe(item, (NAMESPACE, "authfail", client)) for item in items
-    ))
+def _probe(limit: CompiledLimit, key: str) -> LimitProbe:
+    return LimitProbe(limit.item, (NAMESPACE, limit.counter, key), limit.cost,
+                      hit=not limit.failures_only, key=storage_key(limit, key))
+
+
+class FailureLimit:
+    """The auth-failure counters of each client IP (``APIGUARD_AUTH_FAILURE_LIMIT``)."""
+
+    __slots__ = ("_cache", "items")
+
+    def __init__(self, items: tuple[RateLimitItem, ...]) -> None:
+        self.items = items
+        self._cache = ProbeCache()
+
+    def probes(self, client: str) -> tuple[LimitProbe, ...]:
+        found = self._cache.get(client)
+        if found is None:
+            found = self._cache.put(client, tuple(
+                LimitProbe(item, (NAMESPACE, "authfail", client)) for item in self.items))
+        return found
