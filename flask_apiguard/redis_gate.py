@@ -19,7 +19,9 @@ backend (a few round trips).
 
 from __future__ import annotations
 
+import os
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +43,7 @@ from .storage import (
 )
 
 _LUA_DIR = "resources/redis/lua_scripts"
+_KEY_CACHE_SIZE = 16384
 _SCRIPTS = {
     "sliding-window-counter": ("acquire_sliding_window", "sliding_window"),
     "fixed-window": ("incr_expire", None),
@@ -51,8 +54,9 @@ _MAIN = r"""
 -- ARGV[1], space-separated (one argument is cheaper to send than twenty): now, nfail,
 -- auth_failed, has_jti, nlimits, want_window, token, then 4 per probe (amount, expiry,
 -- cost, hit).
--- KEYS: the probes' keys in order, the revocation key, then one in-flight counter per limit
--- probe (used by count="failures" probes, whose requests hold a place until they settle).
+-- KEYS: the probes' keys in order, the revocation key when has_jti, then one in-flight key
+-- per count="failures" probe (hit = 0), in the order of the limit probes; those requests
+-- hold a place until they settle.
 -- The answer is one space-separated string: code, probe index, then the windows' figures.
 local ARGS = {}
 for token in string.gmatch(ARGV[1], "%S+") do
@@ -91,20 +95,40 @@ for i = 1, nlimits do
   a = a + 4
 end
 local revoked_key = KEYS[k]
-local inflight_base = k
+if has_jti then
+  k = k + 1
+end
+for i = 1, nlimits do
+  local p = limit_probes[i]
+  if not p[5] then
+    p[6] = KEYS[k]
+    k = k + 1
+  end
+end
 local now_ms = math.floor(now * 1000)
 local function cost_of(i, p)
   if p[5] then
     return p[4]
   end
   -- places held by requests in progress: one sorted-set member each, scored by its expiry
-  redis.call('zremrangebyscore', KEYS[inflight_base + i], '-inf', now_ms)
-  return p[4] + redis.call('zcard', KEYS[inflight_base + i])
+  redis.call('zremrangebyscore', p[6], '-inf', now_ms)
+  return p[4] + redis.call('zcard', p[6])
+end
+-- a counter that does not exist has room for one (any limit of at least 1): one EXISTS
+-- instead of reading the window, for the usual client that never failed
+local function untouched(p)
+  if p[2] < 1 then
+    return false
+  end
+  if KPP == 2 then
+    return redis.call('exists', KEYS[p[1]], KEYS[p[1] + 1]) == 0
+  end
+  return redis.call('exists', KEYS[p[1]]) == 0
 end
 
 for i = 1, nfail do
   local p = fail_probes[i]
-  if not test(p[1], p[2], p[3], 1, now) then
+  if not untouched(p) and not test(p[1], p[2], p[3], 1, now) then
     return answer(1, i, {window(p[1], p[2], p[3], now)})
   end
 end
@@ -158,7 +182,7 @@ end
 for i = 1, nlimits do
   local p = limit_probes[i]
   if not p[5] then
-    local ikey = KEYS[inflight_base + i]
+    local ikey = p[6]
     for n = 1, p[4] do
       redis.call('zadd', ikey, now_ms + INFLIGHT_TTL_MS, token .. ':' .. n)
     end
@@ -241,6 +265,90 @@ def supports_scripts(storage: Storage) -> bool:
     return isinstance(storage, RedisStorage) and not isinstance(storage, RedisClusterStorage)
 
 
+class ScriptCaller:
+    """Runs the gate's script with EVALSHA on connections kept aside for it.
+
+    redis-py's ``Script.__call__`` goes through the client and its pool, which on every call
+    also polls the socket for stray data (three system calls) and takes the pool's lock; for
+    the one command of every request that is a third of its client-side cost. Here each
+    connection comes from the client's own pool (``make_connection``, so its options,
+    timeouts, TLS and Sentinel handling apply) and is kept on an idle stack:
+
+    - a connection is reused only after a complete answer; any error while sending or reading
+      disconnects and drops it, so an answer can never be read by the wrong request;
+    - a connection idle for more than ``STALE_AFTER`` seconds is polled first (as the pool
+      would), so a Redis that restarted or closed idle clients is noticed before sending;
+    - ``NOSCRIPT`` (a restarted or flushed Redis) loads the script and runs it again;
+    - a forked child never uses its parent's sockets.
+
+    The stack is as deep as the number of requests in flight at once in this process.
+    """
+
+    STALE_AFTER = 1.0
+
+    def __init__(self, client: Any, source: str) -> None:
+        self.pool = client.connection_pool
+        self.source = source
+        self.sha = _sha1(source)
+        self._idle: list[tuple[Any, float]] = []
+        ref = weakref.ref(self)
+
+        def forget_in_child() -> None:
+            caller = ref()
+            if caller is not None:
+                caller._idle = []
+
+        os.register_at_fork(after_in_child=forget_in_child)
+
+    def __call__(self, keys: Sequence[str], arg: str) -> Any:
+        from redis.exceptions import NoScriptError
+
+        try:
+            conn, idle_since = self._idle.pop()
+        except IndexError:
+            conn, idle_since = self.pool.make_connection(), None
+        try:
+            if idle_since is None:
+                conn.connect()  # the connection's own connect (Sentinel asks for the master)
+            elif time.monotonic() - idle_since > self.STALE_AFTER and _dirty(conn):
+                conn.disconnect()  # closed by the server, or data nobody asked for
+                conn.connect()
+            try:
+                answer = self._run(conn, keys, arg)
+            except NoScriptError:
+                conn.send_command("SCRIPT", "LOAD", self.source, check_health=False)
+                conn.read_response()
+                answer = self._run(conn, keys, arg)
+        except BaseException:
+            conn.disconnect()
+            raise
+        self._idle.append((conn, time.monotonic()))
+        return answer
+
+    def _run(self, conn: Any, keys: Sequence[str], arg: str) -> Any:
+        conn.send_packed_command(conn.pack_command("EVALSHA", self.sha, len(keys), *keys, arg),
+                                 check_health=False)
+        return conn.read_response()
+
+
+def _dirty(conn: Any) -> bool:
+    """True when an idle connection has something to read: data nobody asked for, or the
+    end of a connection the server closed (which redis-py reports as an error)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    try:
+        return bool(conn.can_read())
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        return True
+
+
+def _sha1(source: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
 class RedisScriptBackend(Backend):
     """The :class:`~flask_apiguard.storage.Backend` whose :meth:`admit` is one EVALSHA."""
 
@@ -249,16 +357,25 @@ class RedisScriptBackend(Backend):
         redis_storage: Any = storage
         self.strategy = strategy
         self.redis = redis_storage
-        self.script = redis_storage.get_connection().register_script(compose(strategy))
+        self.script = ScriptCaller(redis_storage.get_connection(), compose(strategy))
         #: How many figures the script returns per window.
         self.width = 4 if strategy == "sliding-window-counter" else 2
+        self._key_cache: dict[str, tuple[str, ...]] = {}
 
-    def _keys(self, probe: LimitProbe) -> list[str]:
-        storage = self.redis
-        if self.strategy == "sliding-window-counter":
-            return [storage.prefixed_key(storage._previous_window_key(probe.key)),
-                    storage.prefixed_key(storage._current_window_key(probe.key))]
-        return [storage.prefixed_key(probe.key)]
+    def _keys(self, probe: LimitProbe) -> tuple[str, ...]:
+        """The Redis keys limits' storage uses for ``probe`` (fixed per probe, so cached)."""
+        found = self._key_cache.get(probe.key)
+        if found is None:
+            storage = self.redis
+            if self.strategy == "sliding-window-counter":
+                found = (storage.prefixed_key(storage._previous_window_key(probe.key)),
+                         storage.prefixed_key(storage._current_window_key(probe.key)))
+            else:
+                found = (storage.prefixed_key(probe.key),)
+            if len(self._key_cache) >= _KEY_CACHE_SIZE:
+                self._key_cache.clear()
+            self._key_cache[probe.key] = found
+        return found
 
     def _state(self, probe: LimitProbe, raw: Sequence[bytes], now: float) -> WindowState:
         amount, expiry = probe.item.amount, probe.item.get_expiry()
@@ -284,13 +401,14 @@ class RedisScriptBackend(Backend):
                            token]
         for probe in failure:
             keys.extend(self._keys(probe))
-            args.append(f"{probe.item.amount} {probe.item.get_expiry()} 1 1")
+            args.append(f"{probe.item.amount} {probe.expiry} 1 1")
         for probe in limits:
             keys.extend(self._keys(probe))
-            args.append(f"{probe.item.amount} {probe.item.get_expiry()} {probe.cost} {int(probe.hit)}")
-        keys.append(REVOKED_PREFIX + (jti or ""))
-        keys.extend(INFLIGHT_PREFIX + probe.key for probe in limits)
-        answer = self.script(keys=keys, args=[" ".join(args)]).split()
+            args.append(f"{probe.item.amount} {probe.expiry} {probe.cost} {int(probe.hit)}")
+        if jti is not None:
+            keys.append(REVOKED_PREFIX + jti)
+        keys.extend(INFLIGHT_PREFIX + probe.key for probe in reserved)
+        answer = self.script(keys, " ".join(args)).split()
         code, index, figures = int(answer[0]), int(answer[1]), answer[2:]
         width = self.width
 

@@ -220,7 +220,11 @@ def test_stacked_limits_report_the_window_closest_to_exhaustion(client: FlaskCli
     refused = client.get("/stacked-hour")
     body = assert_limited(refused)
     assert refused.headers["RateLimit-Limit"] == "3"
-    assert body["retry_after"] > 60
+    # The hour's wait, not the minute's: more than 60 s, except in the last minute of a clock
+    # hour, when the sliding window lets a retry through as the hour turns (limits weighs the
+    # three hits just below the limit then), so the honest wait is the time to the hour.
+    to_the_hour = 3600 - time.time() % 3600
+    assert body["retry_after"] > 60 or abs(body["retry_after"] - to_the_hour) <= 2
 
 
 def test_scope_shares_one_counter_between_views(client: FlaskClient) -> None:

@@ -1,0 +1,110 @@
+"""The gate's own EVALSHA path (``redis_gate.ScriptCaller``) against real Redis servers: a
+flushed script is loaded again, a connection Redis closed is noticed before use, an answer
+that arrives late is never read by the next request, and a forked child opens its own
+connections."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+import redis
+from limits import parse
+
+from flask_apiguard.redis_gate import RedisScriptBackend
+from flask_apiguard.storage import LimitProbe, SharedState
+
+from .conftest import PrivateRedis
+
+pytestmark = pytest.mark.redis
+
+ITEM = parse("1000/hour")
+
+
+def probe(name: str) -> list[LimitProbe]:
+    return [LimitProbe(ITEM, ("apiguard", "view:caller", name))]
+
+
+def remaining(shared: SharedState, name: str) -> int:
+    verdict = shared.admit((), False, None, probe(name), True)
+    assert verdict.window is not None
+    return verdict.window.remaining
+
+
+def test_a_flushed_script_is_loaded_again(redis_url: str) -> None:
+    shared = SharedState(redis_url, {}, "fixed-window", "closed")
+    assert isinstance(shared.primary, RedisScriptBackend)
+    assert remaining(shared, "a") == 999
+    redis.Redis.from_url(redis_url).script_flush()
+    assert remaining(shared, "a") == 998
+    assert shared._down_since is None
+
+
+def test_a_connection_closed_by_redis_is_replaced_before_use(redis_url: str, caplog: Any,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    shared = SharedState(redis_url, {}, "fixed-window", "fallback")
+    backend = shared.primary
+    assert isinstance(backend, RedisScriptBackend)
+    assert remaining(shared, "b") == 999
+    killer = redis.Redis.from_url(redis_url)
+    assert len(backend.script._idle) == 1
+    killer.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    monkeypatch.setattr(type(backend.script), "STALE_AFTER", 0.0)
+    time.sleep(0.05)
+    with caplog.at_level(logging.WARNING, logger="flask_apiguard"):
+        assert remaining(shared, "b") == 998  # counted on Redis, not on the fallback
+    assert shared._down_since is None
+    assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
+
+
+def test_a_late_answer_is_never_read_by_the_next_request(private_redis: PrivateRedis) -> None:
+    shared = SharedState(private_redis.url, {"socket_timeout": 0.2}, "fixed-window", "closed")
+    backend = shared.primary
+    assert isinstance(backend, RedisScriptBackend)
+    assert remaining(shared, "c") == 999
+    assert remaining(shared, "d") == 999
+    assert private_redis.process is not None
+    private_redis.process.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(Exception, match="[Uu]navailable"):
+            shared.admit((), False, None, probe("c"), True)  # times out: its answer comes later
+    finally:
+        private_redis.process.send_signal(signal.SIGCONT)
+    assert backend.script._idle == []  # the connection that timed out was dropped
+    shared._retry_at = 0.0  # do not wait for the circuit breaker
+    time.sleep(0.1)
+    # "d" must read d's counter (998), not the late answer about c
+    assert remaining(shared, "d") == 998
+    assert remaining(shared, "c") == 997  # the timed-out request was counted by Redis
+
+
+def _child_admits(url: str, shared_holder: list[SharedState], queue: Any) -> None:
+    shared = shared_holder[0]
+    try:
+        queue.put([remaining(shared, "e") for _ in range(3)])
+    except BaseException as exc:  # pragma: no cover - reported to the parent
+        queue.put(repr(exc))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_uses_its_own_connections(redis_url: str) -> None:
+    shared = SharedState(redis_url, {}, "fixed-window", "closed")
+    backend = shared.primary
+    assert isinstance(backend, RedisScriptBackend)
+    assert remaining(shared, "e") == 999
+    parent_connection = backend.script._idle[0][0]
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_child_admits, args=(redis_url, [shared], queue))
+    child.start()
+    answer = queue.get(timeout=20)
+    child.join(20)
+    assert answer == [998, 997, 996]
+    # the parent's connection was not used by the child and still answers correctly
+    assert backend.script._idle[0][0] is parent_connection
+    assert remaining(shared, "e") == 995
