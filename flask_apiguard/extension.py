@@ -113,6 +113,11 @@ class GuardState:
         headers = SecurityHeaders(config)
         self.http_headers = tuple((k, k.lower(), v) for k, v in headers.http)
         self.https_headers = tuple((k, k.lower(), v) for k, v in headers.https)
+        #: The same as plain pairs and their lower-case names: when a response sets none of
+        #: them (the usual case) they are added in one step.
+        self.http_pairs = tuple(headers.http)
+        self.https_pairs = tuple(headers.https)
+        self.header_names = frozenset(k.lower() for k, _ in (*headers.http, *headers.https))
         self.cors = Cors(config) if config.cors_origins else None
         self.body = BodyGuard(config, app.config.get("MAX_CONTENT_LENGTH"))
         self.jwt = JwtLayer(config)
@@ -319,8 +324,18 @@ class ApiGuard:
         # The pipeline is the first before-request hook, so it runs before the app's own. It
         # is a plain function closing over this app's state: no current_app lookup per request,
         # and the cheap case of Flask's per-call coroutine check.
+        pipeline, resolve_id = self._pipeline, state.request_ids.resolve
+
         def before_request() -> ResponseReturnValue | None:
-            return self._before_request(state)
+            req: Request = request._get_current_object()  # type: ignore[attr-defined]
+            environ = req.environ
+            current = environ[ENVIRON_KEY] = RequestState(request_id=resolve_id(environ))
+            try:
+                return pipeline(state, req, current)
+            except ApiGuardError as exc:
+                if not isinstance(exc, NotFound):  # an unknown path is not a security event
+                    current.error = exc
+                raise
 
         app.before_request_funcs.setdefault(None, []).insert(0, before_request)
         # After the view, the guard's headers are added where the response is finally sent:
@@ -338,17 +353,6 @@ class ApiGuard:
         warn_at_startup(app, state)
 
     # -- the pipeline -------------------------------------------------------------------------
-    def _before_request(self, state: GuardState) -> ResponseReturnValue | None:
-        req: Request = request._get_current_object()  # type: ignore[attr-defined]
-        environ = req.environ
-        current = environ[ENVIRON_KEY] = RequestState(request_id=state.request_ids.resolve(environ))
-        try:
-            return self._pipeline(state, req, current)
-        except ApiGuardError as exc:
-            if not isinstance(exc, NotFound):  # an unknown path is not a security event
-                current.error = exc
-            raise
-
     def _pipeline(self, state: GuardState, req: Request, current: RequestState) -> ResponseReturnValue | None:
         config = state.config
         environ = req.environ
@@ -517,9 +521,12 @@ class ApiGuard:
         present = {name.lower() for name, _ in headers}
         add = headers.append
         secure = environ.get("wsgi.url_scheme") in _SECURE_SCHEMES
-        for name, lower, value in state.https_headers if secure else state.http_headers:
-            if lower not in present:
-                add((name, value))
+        if present.isdisjoint(state.header_names):
+            headers.extend(state.https_pairs if secure else state.http_pairs)
+        else:
+            for name, lower, value in state.https_headers if secure else state.http_headers:
+                if lower not in present:
+                    add((name, value))
         if state.cors is not None:
             origin = environ.get("HTTP_ORIGIN")
             if origin and not current.preflight:

@@ -666,9 +666,10 @@ class SharedState:
         else is looked at); count this request's failed authentication (``auth_failed``); is
         ``jti`` revoked (counted as a failure too); then consume ``limits`` in order, stopping
         at the first exceeded one. ``want_window`` asks for the ``RateLimit-*`` figures."""
-        if self._usable():
+        if self._down_since is None or self._usable():
             try:
-                verdict = self.primary.admit(failure, auth_failed, jti, limits, want_window)
+                primary = self._primary if self._primary is not None else self.primary
+                verdict = primary.admit(failure, auth_failed, jti, limits, want_window)
             except self.errors as exc:
                 self._mark_down(exc)
             else:
