@@ -3,7 +3,9 @@
 ``python benchmarks/load.py [--redis URL] [--duration 10]`` starts gunicorn for bare Flask and
 for the guarded app (memory storage, then Redis storage when ``--redis`` is given), drives each
 with ``wrk`` (Debian package ``wrk``) from a second process, and prints requests/s, p50/p99
-latency and the guarded throughput as a share of bare Flask. A last run hammers a view
+latency and the guarded throughput as a share of bare Flask. With ``--redis`` a "floor" row
+adds one raw ``PING`` per request to the memory-storage app (no client library, no script):
+the best any one-round-trip design could reach here. A last run hammers a view
 limited to ``--limit`` requests per hour with Redis storage and counts the admitted requests:
 with one shared budget they must equal the limit exactly, whatever the number of workers.
 Bounded: every run lasts ``--duration`` seconds against 127.0.0.1 only.
@@ -125,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.redis:
         configs.append(("ApiGuard, Redis storage", "guarded", {"BENCH_STORAGE_URI": args.redis}))
+        configs.append(("floor: memory storage + one raw Redis PING per request", "floor",
+                        {"BENCH_PING_URL": args.redis}))
     runs: dict[str, list[Result]] = {name: [] for name, _, _ in configs}
     for _ in range(args.rounds):  # interleaved, so that a noisy minute hits every app alike
         for name, target, env in configs:

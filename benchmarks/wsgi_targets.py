@@ -1,12 +1,16 @@
 """WSGI apps for the gunicorn load run (``benchmarks/load.py``), configured by environment:
 
 ``BENCH_STORAGE_URI`` (default ``memory://``) and ``BENCH_LIMIT`` (the guarded view's limit).
+``floor`` is the guarded app on memory storage plus one bare ``PING`` to ``BENCH_PING_URL``
+per request on a plain socket (no client library, no script): what any design with one Redis
+round trip per request could at best reach on this machine.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -17,3 +21,31 @@ _limit = os.environ.get("BENCH_LIMIT", apps.LIMIT)
 
 bare = apps.bare_flask()
 guarded = apps.apiguard_app(storage_uri=_storage, limit=_limit, APIGUARD_TRUSTED_PROXIES=1)
+
+
+def _floor() -> Any:
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    from flask_apiguard import storage
+
+    parts = urlsplit(os.environ.get("BENCH_PING_URL", "redis://127.0.0.1:6379/0"))
+    address = (parts.hostname or "127.0.0.1", parts.port or 6379)
+    local = threading.local()
+    admit = storage.Backend.admit
+
+    def admit_after_a_ping(self: Any, *args: Any, **kwargs: Any) -> Any:
+        sock = getattr(local, "sock", None)
+        if sock is None:
+            sock = local.sock = socket.create_connection(address, timeout=0.5)
+        sock.sendall(b"*1\r\n$4\r\nPING\r\n")
+        if sock.recv(64) != b"+PONG\r\n":
+            raise RuntimeError("unexpected answer to PING")
+        return admit(self, *args, **kwargs)
+
+    storage.Backend.admit = admit_after_a_ping  # type: ignore[method-assign]
+    return apps.apiguard_app(storage_uri="memory://", limit=_limit, APIGUARD_TRUSTED_PROXIES=1)
+
+
+floor = _floor() if os.environ.get("BENCH_PING_URL") else None

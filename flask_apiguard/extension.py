@@ -6,6 +6,7 @@ that knows the order of the layers (``CONTRACT.md`` section 4).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterable
@@ -51,6 +52,8 @@ from .storage import Backend, LimitProbe, SharedState, WindowState, redis_client
 
 if TYPE_CHECKING:
     from flask.wrappers import Request
+
+_log = logging.getLogger("flask_apiguard")
 
 EXTENSION_NAME = "apiguard"
 _DEFAULT_REVOCATION_TTL = 30 * 24 * 3600
@@ -544,8 +547,14 @@ class ApiGuard:
         if current.reserved and current.reserved_on is not None:
             reserved, backend = current.reserved, current.reserved_on
             current.reserved, current.reserved_on = (), None
-            counted = state.shared.settle(backend, reserved, current.reserve_token, code >= 400,
-                                          config.ratelimit_headers)
+            try:
+                counted = state.shared.settle(backend, reserved, current.reserve_token,
+                                              code >= 400, config.ratelimit_headers)
+            except Exception:
+                # The response is already decided; send it with its headers. The places held
+                # expire on their own (INFLIGHT_TTL_MS).
+                _log.exception("flask-apiguard: settling a count=\"failures\" limit failed")
+                counted = []
             if code >= 400:
                 current.window = _after_deferred(current.window, reserved, counted)
         if current.window is not None and config.ratelimit_headers:

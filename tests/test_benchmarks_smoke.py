@@ -48,3 +48,23 @@ def test_layers_py_quick(capsys: Any) -> None:
 
     assert layers.main(["--quick"]) == 0
     assert "+ @validate" in capsys.readouterr().out
+
+
+def test_the_floor_target_answers_after_a_ping(redis_url: str) -> None:
+    # in a child process: the floor target patches the memory backend for its whole process
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from benchmarks import apps, wsgi_targets as t\n"
+        "env = apps.environ_for(apps.hs256_token())\n"
+        "env['wsgi.input'] = __import__('io').BytesIO(apps.BODY)\n"
+        "body = t.floor(env, lambda s, h, e=None: None)\n"
+        "print(b''.join(body).decode())\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "BENCH_PING_URL": redis_url}, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert '"created"' in done.stdout

@@ -137,3 +137,28 @@ def test_the_event_of_a_refusal_is_recorded_once(make_app: Any, caplog: Any) -> 
     events = [r.getMessage() for r in caplog.records if r.name == "flask_apiguard.security"]
     assert len(events) == 1 and '"status": 401' in events[0]
     assert response.headers["X-Request-ID"] in events[0]
+
+
+def test_a_failing_settle_still_sends_the_response_with_its_headers(
+        make_app: Any, caplog: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = make_app(init=False)
+
+    @app.post("/login")
+    @public
+    @rate_limit("5 per minute", key="ip", count="failures")
+    def login() -> Any:
+        return {"error": "wrong password"}, 401
+
+    ApiGuard(app)
+    shared = app.extensions["apiguard"].shared
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug while settling")
+
+    monkeypatch.setattr(shared, "settle", broken)
+    with caplog.at_level(logging.ERROR, logger="flask_apiguard"):
+        response = app.test_client().post("/login", json={})
+    assert response.status_code == 401
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert any("settling" in r.getMessage() for r in caplog.records)
