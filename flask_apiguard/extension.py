@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +19,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug import exceptions as wz
 from werkzeug.routing import RequestRedirect
 from werkzeug.wrappers import Response
+from werkzeug.wsgi import ClosingIterator
 
 from . import seclog
 from .config import GuardConfig, load_config
@@ -36,7 +37,7 @@ from .errors import (
     Unauthorized,
     problem_response,
 )
-from .identity import ANONYMOUS, ENVIRON_KEY, Identity, holds
+from .identity import ANONYMOUS, Identity, RequestSlot, holds, request_slot
 from .layers import proxies
 from .layers.apikeys import ApiKeyStore, identity_of, open_store
 from .layers.body import BodyGuard
@@ -78,8 +79,6 @@ class Route:
     accepts_form: bool
     list_query_fields: frozenset[str]
     declared: Policy
-    #: This route's probes by bucket name (see :func:`~.layers.ratelimit.probes`).
-    probe_cache: ProbeCache = field(default_factory=ProbeCache, compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -136,6 +135,8 @@ class GuardState:
             config.ratelimit_strategy,
             config.ratelimit_on_storage_error,
         )
+        #: Every route's probes by its limits and bucket names (one bound for the app).
+        self.probe_cache = ProbeCache()
         self.failure_limit = FailureLimit(
             tuple(parse_many(config.auth_failure_limit)) if config.auth_failure_limit else ()
         )
@@ -218,9 +219,10 @@ def _request_state(environ: dict[str, Any]) -> RequestState:
     """The state of the request ``environ`` belongs to; a fresh one (with a new request id)
     when the guard's before-request hook did not run for it (a URL value preprocessor that
     aborted, a response from WSGI middleware installed before the guard)."""
-    current: RequestState | None = environ.get(ENVIRON_KEY)
+    slot = request_slot(environ)
+    current: RequestState | None = slot.state
     if current is None:
-        current = environ[ENVIRON_KEY] = RequestState(request_id=new_request_id())
+        current = slot.state = RequestState(request_id=new_request_id())
     return current
 
 
@@ -332,7 +334,7 @@ class ApiGuard:
         def before_request() -> ResponseReturnValue | None:
             req: Request = request._get_current_object()  # type: ignore[attr-defined]
             environ = req.environ
-            current = environ[ENVIRON_KEY] = RequestState(request_id=resolve_id(environ))
+            current = request_slot(environ).state = RequestState(request_id=resolve_id(environ))
             try:
                 return pipeline(state, req, current)
             except ApiGuardError as exc:
@@ -427,7 +429,7 @@ class ApiGuard:
         failure = state.failure_limit.probes(current.client) if presented else ()
         if jti is None or not config.jwt_revocation:
             jti = None
-        limits = probes(route.limits, identity, current.client, route.probe_cache) \
+        limits = probes(route.limits, identity, current.client, state.probe_cache) \
             if auth_error is None and authz_error is None else ()
         if failure or jti or limits:
             verdict = state.shared.admit(failure, auth_error is not None, jti, limits,
@@ -484,28 +486,43 @@ class ApiGuard:
         """``wsgi_app`` with the guard's response step in its ``start_response``."""
         finish = self._finish
 
+        def release(slot: RequestSlot) -> None:
+            """Count as a failure, and give back, the places of a request that never answered."""
+            current: RequestState | None = slot.state
+            if current is not None and current.reserved and current.reserved_on is not None:
+                reserved, backend = current.reserved, current.reserved_on
+                current.reserved, current.reserved_on = (), None
+                state.shared.settle(backend, reserved, current.reserve_token, failed=True)
+
         def guarded_wsgi_app(environ: dict[str, Any], start_response: Any) -> Any:
+            slot = request_slot(environ)
+
             def finishing_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
-                if type(headers) is not list:
-                    headers = list(headers)
-                finish(state, app, environ, status, headers)
+                headers = list(headers)  # never the caller's own list
+                if slot.finished_by is None or slot.finished_by is state:
+                    slot.finished_by = state  # a guarded app mounted inside: finished once
+                    try:
+                        finish(state, app, environ, slot, status, headers)
+                    except Exception:
+                        _log.exception("flask-apiguard: the response step failed")
                 return start_response(status, headers, exc_info)
 
             try:
-                return wsgi_app(environ, finishing_start_response)
-            finally:
-                current: RequestState | None = environ.get(ENVIRON_KEY)
-                if current is not None and current.reserved and current.reserved_on is not None:
-                    # No response was started (an exception went up to the server): count
-                    # the held places as a failure, to be safe, and give them back.
-                    reserved, backend = current.reserved, current.reserved_on
-                    current.reserved, current.reserved_on = (), None
-                    state.shared.settle(backend, reserved, current.reserve_token, failed=True)
+                result = wsgi_app(environ, finishing_start_response)
+            except BaseException:
+                release(slot)  # an exception went up to the server: no response was started
+                raise
+            current: RequestState | None = slot.state
+            if current is not None and current.reserved:
+                # Middleware may start the response only when the body is first read (PEP
+                # 3333): settle then, or when the body is closed without a response.
+                return ClosingIterator(result, lambda: release(slot))
+            return result
 
         return guarded_wsgi_app
 
-    def _finish(self, state: GuardState, app: Flask, environ: dict[str, Any], status: str,
-                headers: list[tuple[str, str]]) -> None:
+    def _finish(self, state: GuardState, app: Flask, environ: dict[str, Any], slot: RequestSlot,
+                status: str, headers: list[tuple[str, str]]) -> None:
         """Security, CORS and rate-limit headers, the request id and ``Cache-Control`` on the
         header list about to be sent; settle ``count="failures"`` places; record the event.
 
@@ -513,14 +530,9 @@ class ApiGuard:
         extended directly. A header the view or the app's own hooks set is left alone.
         """
         config = state.config
-        current = environ.get(ENVIRON_KEY)
-        if current is None:
-            # The pipeline did not run for this environ; middleware inside the guard may
-            # have handed Flask a copy of it, whose state the request context knows.
-            if has_request_context():
-                current = request.environ.get(ENVIRON_KEY)
-            if current is None:
-                current = environ[ENVIRON_KEY] = RequestState(request_id=new_request_id())
+        current: RequestState | None = slot.state
+        if current is None:  # the pipeline did not run (middleware inside the guard answered)
+            current = slot.state = RequestState(request_id=new_request_id())
         present = {name.lower() for name, _ in headers}
         add = headers.append
         secure = environ.get("wsgi.url_scheme") in _SECURE_SCHEMES

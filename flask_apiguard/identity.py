@@ -10,9 +10,30 @@ from typing import TYPE_CHECKING, Any, cast
 from flask import has_request_context, request
 from werkzeug.local import LocalProxy
 
-#: The WSGI environ key that holds the per-request state (one namespace). The state lives with
-#: the request it describes, so a request handled inside another keeps its own.
+#: The WSGI environ key that holds the per-request :class:`RequestSlot`. The state lives with
+#: the request it describes, so a request handled inside another keeps its own, and a shallow
+#: copy of the environ (made by middleware) still shares it.
 ENVIRON_KEY = "flask_apiguard.state"
+
+
+class RequestSlot:
+    """Where one request's guard state lives (``state``), and which guard finished its
+    response (``finished_by``), so that guarded apps mounted inside each other add their
+    headers once."""
+
+    __slots__ = ("finished_by", "state")
+
+    def __init__(self) -> None:
+        self.state: Any = None
+        self.finished_by: Any = None
+
+
+def request_slot(environ: dict[str, Any]) -> RequestSlot:
+    """The slot of the request ``environ`` belongs to (created when missing)."""
+    slot: RequestSlot | None = environ.get(ENVIRON_KEY)
+    if slot is None:
+        slot = environ[ENVIRON_KEY] = RequestSlot()
+    return slot
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -62,8 +83,8 @@ ANONYMOUS = Identity()
 def _identity() -> Identity:
     if not has_request_context():
         return ANONYMOUS
-    state = request.environ.get(ENVIRON_KEY)
-    identity = getattr(state, "identity", None)
+    slot = request.environ.get(ENVIRON_KEY)
+    identity = getattr(slot.state, "identity", None) if slot is not None else None
     return identity if identity is not None else ANONYMOUS
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import time
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -270,77 +269,68 @@ class ScriptCaller:
 
     redis-py's ``Script.__call__`` goes through the client and its pool, which on every call
     also polls the socket for stray data (three system calls) and takes the pool's lock; for
-    the one command of every request that is a third of its client-side cost. Here each
-    connection comes from the client's own pool (``make_connection``, so its options,
-    timeouts, TLS and Sentinel handling apply) and is kept on an idle stack:
+    the one command of every request that is a third of its client-side cost. Here a
+    connection is taken from the client's own pool once (``get_connection``: its options,
+    timeouts, TLS, Sentinel's master lookup and its connection count all apply) and kept on
+    an idle stack, as deep as the number of requests in flight at once in this process:
 
     - a connection is reused only after a complete answer; any error while sending or reading
-      disconnects and drops it, so an answer can never be read by the wrong request;
-    - a connection idle for more than ``STALE_AFTER`` seconds is polled first (as the pool
-      would), so a Redis that restarted or closed idle clients is noticed before sending;
+      disconnects it and gives it back to the pool, so an answer can never be read by the
+      wrong request and the pool's count stays right;
+    - a reused connection that turns out closed (a restarted Redis, a Sentinel failover, a
+      killed client) is reconnected and the script sent once more, on a connection error
+      only, never after a timeout (the script may have run);
     - ``NOSCRIPT`` (a restarted or flushed Redis) loads the script and runs it again;
-    - a forked child never uses its parent's sockets.
-
-    The stack is as deep as the number of requests in flight at once in this process.
+    - a forked child never uses its parent's sockets, whatever forked it (the process id is
+      compared on every call; uWSGI forks without Python's at-fork hooks).
     """
-
-    STALE_AFTER = 1.0
 
     def __init__(self, client: Any, source: str) -> None:
         self.pool = client.connection_pool
         self.source = source
         self.sha = _sha1(source)
-        self._idle: list[tuple[Any, float]] = []
-        ref = weakref.ref(self)
-
-        def forget_in_child() -> None:
-            caller = ref()
-            if caller is not None:
-                caller._idle = []
-
-        os.register_at_fork(after_in_child=forget_in_child)
+        self._idle: list[Any] = []
+        self._pid = os.getpid()
 
     def __call__(self, keys: Sequence[str], arg: str) -> Any:
-        from redis.exceptions import NoScriptError
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
+        pid = os.getpid()
+        if pid != self._pid:
+            self._idle, self._pid = [], pid  # the parent's connections stay the parent's
+        idle = self._idle
         try:
-            conn, idle_since = self._idle.pop()
+            conn, reused = idle.pop(), True
         except IndexError:
-            conn, idle_since = self.pool.make_connection(), None
+            conn, reused = self.pool.get_connection(), False
         try:
-            if idle_since is None:
-                conn.connect()  # the connection's own connect (Sentinel asks for the master)
-            elif time.monotonic() - idle_since > self.STALE_AFTER and _dirty(conn):
-                conn.disconnect()  # closed by the server, or data nobody asked for
-                conn.connect()
             try:
                 answer = self._run(conn, keys, arg)
-            except NoScriptError:
-                conn.send_command("SCRIPT", "LOAD", self.source, check_health=False)
-                conn.read_response()
+            except RedisConnectionError:
+                if not reused:
+                    raise
+                conn.disconnect()
+                conn.connect()  # the connection's own connect (Sentinel asks for the master)
                 answer = self._run(conn, keys, arg)
         except BaseException:
             conn.disconnect()
+            self.pool.release(conn)
             raise
-        self._idle.append((conn, time.monotonic()))
+        idle.append(conn)
         return answer
 
     def _run(self, conn: Any, keys: Sequence[str], arg: str) -> Any:
-        conn.send_packed_command(conn.pack_command("EVALSHA", self.sha, len(keys), *keys, arg),
-                                 check_health=False)
-        return conn.read_response()
+        from redis.exceptions import NoScriptError
 
-
-def _dirty(conn: Any) -> bool:
-    """True when an idle connection has something to read: data nobody asked for, or the
-    end of a connection the server closed (which redis-py reports as an error)."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    try:
-        return bool(conn.can_read())
-    except (RedisConnectionError, RedisTimeoutError, OSError):
-        return True
+        command = conn.pack_command("EVALSHA", self.sha, len(keys), *keys, arg)
+        conn.send_packed_command(command, check_health=False)
+        try:
+            return conn.read_response()
+        except NoScriptError:
+            conn.send_command("SCRIPT", "LOAD", self.source, check_health=False)
+            conn.read_response()
+            conn.send_packed_command(command, check_health=False)
+            return conn.read_response()
 
 
 def _sha1(source: str) -> str:

@@ -46,20 +46,42 @@ def test_a_flushed_script_is_loaded_again(redis_url: str) -> None:
     assert shared._down_since is None
 
 
-def test_a_connection_closed_by_redis_is_replaced_before_use(redis_url: str, caplog: Any,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def kill_clients(url: str) -> None:
+    redis.Redis.from_url(url).execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+
+
+def test_a_connection_closed_by_redis_is_replaced_before_use(redis_url: str, caplog: Any) -> None:
     shared = SharedState(redis_url, {}, "fixed-window", "fallback")
     backend = shared.primary
     assert isinstance(backend, RedisScriptBackend)
     assert remaining(shared, "b") == 999
-    killer = redis.Redis.from_url(redis_url)
     assert len(backend.script._idle) == 1
-    killer.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
-    monkeypatch.setattr(type(backend.script), "STALE_AFTER", 0.0)
-    time.sleep(0.05)
+    kill_clients(redis_url)
     with caplog.at_level(logging.WARNING, logger="flask_apiguard"):
         assert remaining(shared, "b") == 998  # counted on Redis, not on the fallback
     assert shared._down_since is None
+    assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
+
+
+def test_dropped_connections_go_back_to_the_pool(redis_url: str) -> None:
+    # a pool capped at 4 connections survives any number of dropped ones
+    shared = SharedState(redis_url, {"max_connections": 4}, "fixed-window", "closed")
+    for cycle in range(12):
+        assert remaining(shared, "cap") == 999 - 2 * cycle
+        kill_clients(redis_url)
+        assert remaining(shared, "cap") == 998 - 2 * cycle
+    backend = shared.primary
+    assert isinstance(backend, RedisScriptBackend)
+    assert backend.script.pool._created_connections <= 4
+
+
+def test_a_restarted_redis_costs_no_refusal(private_redis: PrivateRedis, caplog: Any) -> None:
+    shared = SharedState(private_redis.url, {}, "fixed-window", "closed")
+    assert remaining(shared, "r") == 999
+    private_redis.stop()
+    private_redis.start()
+    with caplog.at_level(logging.WARNING, logger="flask_apiguard"):
+        assert remaining(shared, "r") == 999  # a new server: the counter starts again
     assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
 
 
@@ -98,7 +120,7 @@ def test_a_forked_child_uses_its_own_connections(redis_url: str) -> None:
     backend = shared.primary
     assert isinstance(backend, RedisScriptBackend)
     assert remaining(shared, "e") == 999
-    parent_connection = backend.script._idle[0][0]
+    parent_connection = backend.script._idle[0]
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     child = context.Process(target=_child_admits, args=(redis_url, [shared], queue))
@@ -107,5 +129,34 @@ def test_a_forked_child_uses_its_own_connections(redis_url: str) -> None:
     child.join(20)
     assert answer == [998, 997, 996]
     # the parent's connection was not used by the child and still answers correctly
-    assert backend.script._idle[0][0] is parent_connection
+    assert backend.script._idle[0] is parent_connection
     assert remaining(shared, "e") == 995
+
+
+C_FORK = """
+import ctypes, os, sys
+from limits import parse
+from flask_apiguard.storage import LimitProbe, SharedState
+shared = SharedState(sys.argv[1], {}, "fixed-window", "closed")
+def left(name):
+    return shared.admit((), False, None, [LimitProbe(parse("100000/hour"),
+                        ("apiguard", "view:cfork", name))], True).window.remaining
+left("warm-up")  # the parent has a connection before it forks
+pid = ctypes.CDLL(None).fork()  # as uWSGI forks: no Python at-fork hooks run
+me = "child" if pid == 0 else "parent"
+wrong = sum(left(me) != 100000 - i for i in range(1, 301))
+print(me, wrong, flush=True)
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+def test_a_fork_without_python_hooks_never_shares_a_socket(redis_url: str) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", C_FORK, redis_url], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(done.stdout.split("\n")[:2]) == ["child 0", "parent 0"], done.stdout

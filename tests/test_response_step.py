@@ -162,3 +162,138 @@ def test_a_failing_settle_still_sends_the_response_with_its_headers(
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["Cache-Control"] == "no-store"
     assert any("settling" in r.getMessage() for r in caplog.records)
+
+
+def _health_middleware(app: Any) -> None:
+    """A health check answered by middleware installed before the guard."""
+    inner = app.wsgi_app
+
+    def health(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["PATH_INFO"] == "/ping":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"pong"]
+        return inner(environ, start_response)
+
+    app.wsgi_app = health
+
+
+def test_a_sub_request_inside_a_view_never_takes_the_outer_state(make_app: Any) -> None:
+    app = make_app(init=False)
+    _health_middleware(app)
+    sub_ids: list[str] = []
+
+    @app.post("/login")
+    @public
+    @rate_limit("2 per minute", key="ip", count="failures")
+    def login() -> Any:
+        sub_ids.append(current_app.test_client().get("/ping").headers["X-Request-ID"])
+        return {"error": "wrong password"}, 401
+
+    ApiGuard(app)
+    client = app.test_client()
+    responses = [client.post("/login", json={}) for _ in range(4)]
+    assert [r.status_code for r in responses] == [401, 401, 429, 429]
+    assert len(sub_ids) == 2
+    assert not set(sub_ids) & {r.headers["X-Request-ID"] for r in responses}
+
+
+def test_guarded_apps_mounted_inside_each_other_add_their_headers_once(make_app: Any) -> None:
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    inner = make_app(APIGUARD_RATELIMIT_DEFAULT="5 per minute")
+    outer = make_app(init=False, APIGUARD_CORS_ORIGINS=["https://a.example.com"])
+    outer.wsgi_app = DispatcherMiddleware(outer.wsgi_app, {"/inner": inner})  # type: ignore[method-assign]
+    ApiGuard(outer)
+    response = outer.test_client().get("/inner/health", headers={"Origin": "https://a.example.com"})
+    assert response.status_code == 200
+    for name in ("RateLimit-Limit", "RateLimit-Remaining", "X-Request-ID", "X-Frame-Options"):
+        assert len(response.headers.getlist(name)) == 1, name
+    assert "Vary" not in response.headers  # the inner app has no CORS: the outer's is not applied
+
+
+def test_a_response_started_late_is_settled_by_its_status(make_app: Any) -> None:
+    app = make_app(init=False)
+    inner = app.wsgi_app
+
+    def deferring(environ: dict[str, Any], start_response: Any) -> Any:
+        started: list[Any] = []
+        body = inner(environ, lambda status, headers, exc_info=None: started.append((status, headers)))
+
+        def stream() -> Any:
+            start_response(*started[0])  # PEP 3333 allows starting on the first read
+            yield from body
+
+        return stream()
+
+    app.wsgi_app = deferring  # type: ignore[method-assign]
+
+    @app.post("/login")
+    @public
+    @rate_limit("2 per minute", key="ip", count="failures")
+    def login() -> Any:
+        return {"ok": True}
+
+    ApiGuard(app)
+    client = app.test_client()
+    responses = [client.post("/login", json={}) for _ in range(4)]
+    assert [r.status_code for r in responses] == [200] * 4  # successes are never counted
+    assert all(r.headers["X-Content-Type-Options"] == "nosniff" for r in responses)
+    backend = app.extensions["apiguard"].shared.primary
+    assert all(not places for places in backend.inflight._places.values())
+
+
+def test_a_failing_security_log_does_not_break_the_response(make_app: Any, caplog: Any) -> None:
+    app = make_app()
+
+    class Broken(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            raise ValueError("a broken log filter")
+
+    security = logging.getLogger("flask_apiguard.security")
+    broken = Broken()
+    security.addFilter(broken)
+    try:
+        with caplog.at_level(logging.WARNING, logger="flask_apiguard.security"):
+            response = app.test_client().get("/private")
+    finally:
+        security.removeFilter(broken)
+    assert response.status_code == 401
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert any("response step failed" in r.getMessage() for r in caplog.records)
+
+
+def test_the_callers_header_list_is_never_changed(make_app: Any) -> None:
+    app = make_app(init=False)
+    constant = [("Content-Type", "text/plain")]
+    inner = app.wsgi_app
+
+    def fixed(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ["PATH_INFO"] == "/fixed":
+            start_response("200 OK", constant)
+            return [b"fixed"]
+        return inner(environ, start_response)
+
+    app.wsgi_app = fixed  # type: ignore[method-assign]
+    ApiGuard(app)
+    client = app.test_client()
+    ids = {client.get("/fixed").headers["X-Request-ID"] for _ in range(3)}
+    assert len(ids) == 3
+    assert constant == [("Content-Type", "text/plain")]
+
+
+def test_probe_caches_share_one_bound_per_app(make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flask_apiguard.layers import ratelimit
+
+    monkeypatch.setattr(ratelimit, "_CACHE_SIZE", 50)
+    app = make_app(APIGUARD_RATELIMIT_DEFAULT="1000 per minute", APIGUARD_TRUSTED_PROXIES=1)
+
+    @app.get("/a")
+    @public
+    def a() -> Any:
+        return {}
+
+    client = app.test_client()
+    for n in range(80):
+        for path in ("/a", "/health"):
+            assert client.get(path, headers={"X-Forwarded-For": f"198.51.100.{n}"}).status_code == 200
+    assert len(app.extensions["apiguard"].probe_cache._found) <= 50

@@ -94,7 +94,7 @@ _CACHE_SIZE = 8192
 
 class ProbeCache:
     """Probes are immutable, so the same limits and keys reuse the same objects: one bounded
-    map per route (and one for the auth-failure limit), keyed by the request's bucket names."""
+    map per app (and one for the auth-failure limit), keyed by the limits and bucket names."""
 
     __slots__ = ("_found",)
 
@@ -125,18 +125,19 @@ def storage_key(limit: CompiledLimit, key: str) -> str:
 def probes(limits: tuple[CompiledLimit, ...], identity: Identity, client: str,
            cache: ProbeCache) -> tuple[LimitProbe, ...]:
     """This request's probes; ``count="failures"`` limits are only tested now, hit later.
-    ``cache`` belongs to ``limits`` (one per route)."""
+    ``cache`` is the app's (limits compare by identity, so the lookup is cheap)."""
     if len(limits) == 1:
-        keys: Any = key_value(limits[0].key, identity, client)
-        found = cache.get(keys)
+        key: Any = (limits, key_value(limits[0].key, identity, client))
+        found = cache.get(key)
         if found is not None:
             return found
-        return cache.put(keys, (_probe(limits[0], keys),))
+        return cache.put(key, (_probe(limits[0], key[1]),))
     keys = tuple(key_value(limit.key, identity, client) for limit in limits)
-    found = cache.get(keys)
+    found = cache.get((limits, keys))
     if found is not None:
         return found
-    return cache.put(keys, tuple(_probe(limit, key) for limit, key in zip(limits, keys, strict=True)))
+    return cache.put((limits, keys),
+                     tuple(_probe(limit, key) for limit, key in zip(limits, keys, strict=True)))
 
 
 def _probe(limit: CompiledLimit, key: str) -> LimitProbe:
