@@ -68,3 +68,11 @@ def test_the_floor_target_answers_after_a_ping(redis_url: str) -> None:
                           env={**os.environ, "BENCH_PING_URL": redis_url}, timeout=60, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert '"created"' in done.stdout
+
+
+def test_redis_gate_py_quick(capsys: Any, redis_url: str) -> None:
+    from benchmarks import redis_gate
+
+    assert redis_gate.main(["--quick", "--redis", redis_url]) == 0
+    out = capsys.readouterr().out
+    assert "admit" in out and "PING on a plain socket" in out
