@@ -19,7 +19,6 @@ from flask.typing import ResponseReturnValue
 from werkzeug import exceptions as wz
 from werkzeug.routing import RequestRedirect
 from werkzeug.wrappers import Response
-from werkzeug.wsgi import ClosingIterator
 
 from . import seclog
 from .config import GuardConfig, load_config
@@ -37,7 +36,7 @@ from .errors import (
     Unauthorized,
     problem_response,
 )
-from .identity import ANONYMOUS, Identity, RequestSlot, holds, request_slot
+from .identity import ANONYMOUS, ENVIRON_KEY, Identity, RequestSlot, holds, request_slot
 from .layers import proxies
 from .layers.apikeys import ApiKeyStore, identity_of, open_store
 from .layers.body import BodyGuard
@@ -60,6 +59,8 @@ EXTENSION_NAME = "apiguard"
 _DEFAULT_REVOCATION_TTL = 30 * 24 * 3600
 _LOGGED_STATUSES = frozenset({401, 403, 413, 415, 429})
 _SECURE_SCHEMES = frozenset({"https", "wss"})  # werkzeug's Request.is_secure
+#: The environ key naming the header list a guard last finished (see ``_finishing``).
+FINISHED_KEY = "flask_apiguard.finished"
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +227,30 @@ def _request_state(environ: dict[str, Any]) -> RequestState:
     return current
 
 
+class _ReleaseOnClose:
+    """A response body whose ``close`` also gives back the places its request still holds
+    (after closing the body, even when that raises)."""
+
+    __slots__ = ("_body", "_iterator", "_release")
+
+    def __init__(self, body: Any, release: Any) -> None:
+        self._body, self._iterator, self._release = body, iter(body), release
+
+    def __iter__(self) -> _ReleaseOnClose:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._iterator)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._release()
+
+
 def _vary_with_origin(headers: list[tuple[str, str]]) -> None:
     """Make the response's ``Vary`` name ``Origin`` (the CORS answer depends on it)."""
     first = -1
@@ -334,7 +359,10 @@ class ApiGuard:
         def before_request() -> ResponseReturnValue | None:
             req: Request = request._get_current_object()  # type: ignore[attr-defined]
             environ = req.environ
-            current = request_slot(environ).state = RequestState(request_id=resolve_id(environ))
+            slot = environ.get(ENVIRON_KEY)
+            if slot is None or slot.state is not None:  # not a copy of another request's slot
+                slot = environ[ENVIRON_KEY] = RequestSlot()
+            current = slot.state = RequestState(request_id=resolve_id(environ))
             try:
                 return pipeline(state, req, current)
             except ApiGuardError as exc:
@@ -495,16 +523,23 @@ class ApiGuard:
                 state.shared.settle(backend, reserved, current.reserve_token, failed=True)
 
         def guarded_wsgi_app(environ: dict[str, Any], start_response: Any) -> Any:
-            slot = request_slot(environ)
+            slot = environ.get(ENVIRON_KEY)
+            if slot is None or slot.state is not None:
+                # A new request, or one made with a copy of another request's environ (a
+                # sub-request from a view): its own slot. A guarded app mounted inside this
+                # one finds the slot still empty and shares it.
+                slot = environ[ENVIRON_KEY] = RequestSlot()
 
             def finishing_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
-                headers = list(headers)  # never the caller's own list
-                if slot.finished_by is None or slot.finished_by is state:
-                    slot.finished_by = state  # a guarded app mounted inside: finished once
+                if headers is not slot.finished and headers is not environ.get(FINISHED_KEY):
+                    headers = list(headers)  # never the caller's own list
                     try:
                         finish(state, app, environ, slot, status, headers)
                     except Exception:
                         _log.exception("flask-apiguard: the response step failed")
+                    # A guard around this one (an app mounted inside another) passes this
+                    # list on untouched.
+                    slot.finished = environ[FINISHED_KEY] = headers
                 return start_response(status, headers, exc_info)
 
             try:
@@ -516,7 +551,7 @@ class ApiGuard:
             if current is not None and current.reserved:
                 # Middleware may start the response only when the body is first read (PEP
                 # 3333): settle then, or when the body is closed without a response.
-                return ClosingIterator(result, lambda: release(slot))
+                return _ReleaseOnClose(result, lambda: release(slot))
             return result
 
         return guarded_wsgi_app
@@ -533,6 +568,24 @@ class ApiGuard:
         current: RequestState | None = slot.state
         if current is None:  # the pipeline did not run (middleware inside the guard answered)
             current = slot.state = RequestState(request_id=new_request_id())
+        # first the places, so that nothing below can leave them held
+        try:
+            code = int(status[:3])
+        except ValueError:
+            code = 500
+        if current.reserved and current.reserved_on is not None:
+            reserved, backend = current.reserved, current.reserved_on
+            current.reserved, current.reserved_on = (), None
+            try:
+                counted = state.shared.settle(backend, reserved, current.reserve_token,
+                                              code >= 400, config.ratelimit_headers)
+            except Exception:
+                # The response is already decided; send it with its headers. The places held
+                # expire on their own (INFLIGHT_TTL_MS).
+                _log.exception("flask-apiguard: settling a count=\"failures\" limit failed")
+                counted = []
+            if code >= 400:
+                current.window = _after_deferred(current.window, reserved, counted)
         present = {name.lower() for name, _ in headers}
         add = headers.append
         secure = environ.get("wsgi.url_scheme") in _SECURE_SCHEMES
@@ -552,23 +605,6 @@ class ApiGuard:
                 _vary_with_origin(headers)
             else:
                 add(("Vary", "Origin"))
-        try:
-            code = int(status[:3])
-        except ValueError:
-            code = 500
-        if current.reserved and current.reserved_on is not None:
-            reserved, backend = current.reserved, current.reserved_on
-            current.reserved, current.reserved_on = (), None
-            try:
-                counted = state.shared.settle(backend, reserved, current.reserve_token,
-                                              code >= 400, config.ratelimit_headers)
-            except Exception:
-                # The response is already decided; send it with its headers. The places held
-                # expire on their own (INFLIGHT_TTL_MS).
-                _log.exception("flask-apiguard: settling a count=\"failures\" limit failed")
-                counted = []
-            if code >= 400:
-                current.window = _after_deferred(current.window, reserved, counted)
         if current.window is not None and config.ratelimit_headers:
             window = current.window
             add(("RateLimit-Limit", str(window.limit)))

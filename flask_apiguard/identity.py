@@ -17,15 +17,15 @@ ENVIRON_KEY = "flask_apiguard.state"
 
 
 class RequestSlot:
-    """Where one request's guard state lives (``state``), and which guard finished its
-    response (``finished_by``), so that guarded apps mounted inside each other add their
+    """Where one request's guard state lives (``state``), and the header list a guard
+    finished for it (``finished``), so that guarded apps mounted inside each other add their
     headers once."""
 
-    __slots__ = ("finished_by", "state")
+    __slots__ = ("finished", "state")
 
     def __init__(self) -> None:
         self.state: Any = None
-        self.finished_by: Any = None
+        self.finished: Any = None
 
 
 def request_slot(environ: dict[str, Any]) -> RequestSlot:

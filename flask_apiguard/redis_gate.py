@@ -20,6 +20,7 @@ backend (a few round trips).
 from __future__ import annotations
 
 import os
+import select
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -277,12 +278,15 @@ class ScriptCaller:
     - a connection is reused only after a complete answer; any error while sending or reading
       disconnects it and gives it back to the pool, so an answer can never be read by the
       wrong request and the pool's count stays right;
-    - a reused connection that turns out closed (a restarted Redis, a Sentinel failover, a
-      killed client) is reconnected and the script sent once more, on a connection error
-      only, never after a timeout (the script may have run);
+    - before a kept connection is used, one ``poll`` with no wait asks whether it has
+      anything to read: a connection Redis closed (a restart, a Sentinel failover, a killed
+      client) reads as closed and is reconnected before the script is sent. The script is
+      never sent twice: once sent, a lost answer may still have been counted by Redis;
     - ``NOSCRIPT`` (a restarted or flushed Redis) loads the script and runs it again;
     - a forked child never uses its parent's sockets, whatever forked it (the process id is
-      compared on every call; uWSGI forks without Python's at-fork hooks).
+      compared on every call; uWSGI forks without Python's at-fork hooks);
+    - at most half of the pool's ``max_connections`` (and 64) are kept, so the other
+      commands (releasing places, revoking) always find a connection.
     """
 
     def __init__(self, client: Any, source: str) -> None:
@@ -291,10 +295,9 @@ class ScriptCaller:
         self.sha = _sha1(source)
         self._idle: list[Any] = []
         self._pid = os.getpid()
+        self._keep = max(1, min(64, int(getattr(self.pool, "max_connections", 128)) // 2))
 
     def __call__(self, keys: Sequence[str], arg: str) -> Any:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-
         pid = os.getpid()
         if pid != self._pid:
             self._idle, self._pid = [], pid  # the parent's connections stay the parent's
@@ -304,19 +307,18 @@ class ScriptCaller:
         except IndexError:
             conn, reused = self.pool.get_connection(), False
         try:
-            try:
-                answer = self._run(conn, keys, arg)
-            except RedisConnectionError:
-                if not reused:
-                    raise
+            if reused and _closed_or_dirty(conn):
                 conn.disconnect()
                 conn.connect()  # the connection's own connect (Sentinel asks for the master)
-                answer = self._run(conn, keys, arg)
+            answer = self._run(conn, keys, arg)
         except BaseException:
             conn.disconnect()
             self.pool.release(conn)
             raise
-        idle.append(conn)
+        if len(idle) < self._keep:
+            idle.append(conn)
+        else:
+            self.pool.release(conn)
         return answer
 
     def _run(self, conn: Any, keys: Sequence[str], arg: str) -> Any:
@@ -331,6 +333,18 @@ class ScriptCaller:
             conn.read_response()
             conn.send_packed_command(command, check_health=False)
             return conn.read_response()
+
+
+def _closed_or_dirty(conn: Any) -> bool:
+    """Whether a kept connection has anything to read (it should not: every answer was read),
+    which means Redis closed it or something is wrong with it: one ``poll`` that does not wait.
+    A connection without a socket counts as closed."""
+    sock = getattr(conn, "_sock", None)
+    if sock is None:
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
 
 
 def _sha1(source: str) -> str:

@@ -5,6 +5,7 @@ connections."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -160,3 +161,103 @@ def test_a_fork_without_python_hooks_never_shares_a_socket(redis_url: str) -> No
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(done.stdout.split("\n")[:2]) == ["child 0", "parent 0"], done.stdout
+
+
+class DropOneAnswer:
+    """A TCP proxy to Redis that, once armed, lets the next EVALSHA through and closes the
+    client's connection instead of passing the answer back (the script ran)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import socket
+        import threading
+
+        self.target, self.armed = target, False
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            state = {"drop": False}
+            threading.Thread(target=self._pipe, args=(client, upstream, False, state, client),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True, state, client),
+                             daemon=True).start()
+
+    def _pipe(self, source: Any, target: Any, answers: bool, state: dict[str, bool],
+              client: Any) -> None:
+        import socket
+
+        try:
+            while data := source.recv(65536):
+                if not answers and self.armed and b"EVALSHA" in data:
+                    self.armed, state["drop"] = False, True
+                if answers and state["drop"]:
+                    client.shutdown(socket.SHUT_RDWR)
+                    return
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+
+def test_the_script_is_never_sent_twice(redis_url: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(redis_url)
+    proxy = DropOneAnswer((parts.hostname or "127.0.0.1", parts.port or 6379))
+    try:
+        shared = SharedState(f"redis://127.0.0.1:{proxy.port}{parts.path}", {}, "fixed-window",
+                             "closed")
+        assert remaining(shared, "once") == 999
+        proxy.armed = True
+        with pytest.raises(ServiceUnavailable):  # the answer is lost: the fault policy answers
+            shared.admit((), False, None, probe("once"), True)
+        shared._retry_at = 0.0
+        # Redis ran the lost one once, not twice: this is the third hit
+        assert remaining(shared, "once") == 997
+    finally:
+        proxy.listener.close()
+
+
+def test_a_burst_as_wide_as_the_pool_leaves_room_for_other_commands(redis_url: str) -> None:
+    import threading
+
+    width = 4
+    shared = SharedState(redis_url, {"max_connections": width}, "fixed-window", "closed")
+    backend = shared.primary
+    assert isinstance(backend, RedisScriptBackend)
+    caller = backend.script
+    run, barrier = caller._run, threading.Barrier(width)
+
+    def together(conn: Any, keys: Any, arg: str) -> Any:
+        barrier.wait(timeout=5)  # every request of the burst holds a connection at once
+        return run(conn, keys, arg)
+
+    caller._run = together  # type: ignore[method-assign]
+    login = [LimitProbe(parse("5/minute"), ("apiguard", "view:login", "ip:1"), hit=False)]
+    verdicts: list[Any] = []
+    threads = [threading.Thread(target=lambda: verdicts.append(
+        shared.admit((), False, None, login, True))) for _ in range(width)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    caller._run = run  # type: ignore[method-assign]
+    assert len(verdicts) == width and len(caller._idle) <= width // 2
+    # the burst is over: settling (a plain command through the pool) finds a connection
+    for verdict in verdicts:
+        shared.settle(verdict.backend, verdict.reserved, verdict.token, True, True)
+    assert shared._down_since is None
+    assert remaining(shared, "after-burst") == 999

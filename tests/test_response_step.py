@@ -297,3 +297,77 @@ def test_probe_caches_share_one_bound_per_app(make_app: Any, monkeypatch: pytest
         for path in ("/a", "/health"):
             assert client.get(path, headers={"X-Forwarded-For": f"198.51.100.{n}"}).status_code == 200
     assert len(app.extensions["apiguard"].probe_cache._found) <= 50
+
+
+def test_a_sub_request_with_a_copy_of_the_environ_has_its_own_state(make_app: Any) -> None:
+    from werkzeug.test import run_wsgi_app
+
+    app = make_app(init=False)
+    seen: list[Any] = []
+
+    @app.post("/login")
+    @rate_limit("2 per minute", key="ip", count="failures")
+    def login() -> Any:
+        # a batch step: one sub-request through the whole app, with a copy of this environ
+        environ = dict(request.environ, PATH_INFO="/health", REQUEST_METHOD="GET")
+        environ.pop("CONTENT_LENGTH", None)
+        _, status, sub_headers = run_wsgi_app(current_app, environ, buffered=True)
+        seen.append((status, sub_headers["X-Request-ID"], current_identity.subject))
+        return {"ok": True}
+
+    ApiGuard(app)
+    client = app.test_client()
+    token = bearer(token_for(app, "ada"))
+    responses = [client.post("/login", json={}, headers=token) for _ in range(4)]
+    assert [r.status_code for r in responses] == [200] * 4  # successes are never counted
+    assert [subject for _, _, subject in seen] == ["ada"] * 4  # still the caller after it
+    assert all(status.startswith("200") for status, _, _ in seen)
+    assert not {sub for _, sub, _ in seen} & {r.headers["X-Request-ID"] for r in responses}
+    backend = app.extensions["apiguard"].shared.primary
+    assert all(not places for places in backend.inflight._places.values())
+
+
+def test_one_environ_served_by_two_guarded_apps_gets_headers_from_each(make_app: Any) -> None:
+    from werkzeug.test import EnvironBuilder
+
+    first, second = make_app(), make_app()
+    environ = EnvironBuilder("/health", base_url="https://localhost").get_environ()
+    for app in (first, second):
+        started: list[Any] = []
+
+        def start_response(status: str, headers: Any, exc_info: Any = None,
+                           started: list[Any] = started) -> None:
+            started.append(dict(headers))
+
+        b"".join(app(environ, start_response))
+        assert started[0].get("X-Frame-Options") == "DENY"
+        assert started[0].get("X-Request-ID")
+
+
+def test_a_cascade_that_drops_a_guarded_404_lets_the_next_app_finish(make_app: Any) -> None:
+    # an outer guarded app whose WSGI stack tries app A, and app B when A answers 404
+    outer, first, second = make_app(init=False), make_app(), make_app()
+
+    @second.post("/only-here")
+    @public
+    @rate_limit("2 per minute", key="ip", count="failures")
+    def only_here() -> Any:
+        return {"ok": True}
+
+    def cascade(environ: dict[str, Any], start_response: Any) -> Any:
+        answered: list[Any] = []
+        body = first(environ, lambda status, headers, exc_info=None: answered.append(status))
+        if answered and answered[0].startswith("404"):
+            if hasattr(body, "close"):
+                body.close()
+            return second(environ, start_response)
+        raise AssertionError("expected a 404 from the first app")
+
+    outer.wsgi_app = cascade  # type: ignore[method-assign]
+    ApiGuard(outer)
+    client = outer.test_client()
+    responses = [client.post("/only-here", json={}) for _ in range(4)]
+    assert [r.status_code for r in responses] == [200] * 4
+    for response in responses:
+        assert response.headers.getlist("X-Frame-Options") == ["DENY"]
+        assert len(response.headers.getlist("RateLimit-Limit")) == 1
