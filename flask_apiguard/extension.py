@@ -10,6 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -59,8 +60,10 @@ EXTENSION_NAME = "apiguard"
 _DEFAULT_REVOCATION_TTL = 30 * 24 * 3600
 _LOGGED_STATUSES = frozenset({401, 403, 413, 415, 429})
 _SECURE_SCHEMES = frozenset({"https", "wss"})  # werkzeug's Request.is_secure
-#: The environ key naming the header list a guard last finished (see ``_finishing``).
-FINISHED_KEY = "flask_apiguard.finished"
+#: Set while a guard hands the response it finished to the next ``start_response``: a guard
+#: around it (an app mounted inside another guarded app) then passes the response on as is.
+_finishing_guard: ContextVar[GuardState | None] = ContextVar("flask_apiguard.finishing",
+                                                             default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -523,30 +526,38 @@ class ApiGuard:
                 state.shared.settle(backend, reserved, current.reserve_token, failed=True)
 
         def guarded_wsgi_app(environ: dict[str, Any], start_response: Any) -> Any:
-            slot = environ.get(ENVIRON_KEY)
+            previous = environ.get(ENVIRON_KEY)
+            slot = previous
             if slot is None or slot.state is not None:
-                # A new request, or one made with a copy of another request's environ (a
-                # sub-request from a view): its own slot. A guarded app mounted inside this
+                # A new request, or one made with another request's environ or a copy of it
+                # (a sub-request from a view): its own slot. A guarded app mounted inside this
                 # one finds the slot still empty and shares it.
                 slot = environ[ENVIRON_KEY] = RequestSlot()
 
             def finishing_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
-                if headers is not slot.finished and headers is not environ.get(FINISHED_KEY):
-                    headers = list(headers)  # never the caller's own list
-                    try:
-                        finish(state, app, environ, slot, status, headers)
-                    except Exception:
-                        _log.exception("flask-apiguard: the response step failed")
-                    # A guard around this one (an app mounted inside another) passes this
-                    # list on untouched.
-                    slot.finished = environ[FINISHED_KEY] = headers
-                return start_response(status, headers, exc_info)
+                if _finishing_guard.get() is not None:
+                    # A guarded app inside this one finished this very response (mounted
+                    # with a dispatcher, a cascade, middleware in between): pass it on.
+                    return start_response(status, headers, exc_info)
+                headers = list(headers)  # never the caller's own list
+                try:
+                    finish(state, app, environ, slot, status, headers)
+                except Exception:
+                    _log.exception("flask-apiguard: the response step failed")
+                token = _finishing_guard.set(state)
+                try:
+                    return start_response(status, headers, exc_info)
+                finally:
+                    _finishing_guard.reset(token)
 
             try:
                 result = wsgi_app(environ, finishing_start_response)
             except BaseException:
                 release(slot)  # an exception went up to the server: no response was started
                 raise
+            finally:
+                if previous is not None and previous is not slot:
+                    environ[ENVIRON_KEY] = previous  # the environ was lent by another request
             current: RequestState | None = slot.state
             if current is not None and current.reserved:
                 # Middleware may start the response only when the body is first read (PEP
@@ -605,7 +616,8 @@ class ApiGuard:
                 _vary_with_origin(headers)
             else:
                 add(("Vary", "Origin"))
-        if current.window is not None and config.ratelimit_headers:
+        if current.window is not None and config.ratelimit_headers \
+                and "ratelimit-limit" not in present:
             window = current.window
             add(("RateLimit-Limit", str(window.limit)))
             add(("RateLimit-Remaining", str(window.remaining)))

@@ -17,15 +17,13 @@ ENVIRON_KEY = "flask_apiguard.state"
 
 
 class RequestSlot:
-    """Where one request's guard state lives (``state``), and the header list a guard
-    finished for it (``finished``), so that guarded apps mounted inside each other add their
-    headers once."""
+    """Where one request's guard state lives (``state``): one object per request, shared by
+    shallow copies of its environ."""
 
-    __slots__ = ("finished", "state")
+    __slots__ = ("state",)
 
     def __init__(self) -> None:
         self.state: Any = None
-        self.finished: Any = None
 
 
 def request_slot(environ: dict[str, Any]) -> RequestSlot:

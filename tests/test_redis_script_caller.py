@@ -261,3 +261,136 @@ def test_a_burst_as_wide_as_the_pool_leaves_room_for_other_commands(redis_url: s
         shared.settle(verdict.backend, verdict.reserved, verdict.token, True, True)
     assert shared._down_since is None
     assert remaining(shared, "after-burst") == 999
+
+
+class SilentDrop:
+    """A TCP proxy to Redis that, once its flows are expired, answers the next packet from the
+    client with a reset: a NAT or load balancer that forgot an idle flow (no FIN before)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import socket
+        import threading
+
+        self.target, self.flows = target, []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def expire(self) -> None:
+        for flow in self.flows:
+            flow["expired"] = True
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            flow = {"client": client, "up": socket.create_connection(self.target), "expired": False}
+            self.flows.append(flow)
+            threading.Thread(target=self._pipe, args=(client, flow["up"], flow, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(flow["up"], client, flow, False),
+                             daemon=True).start()
+
+    def _pipe(self, source: Any, target: Any, flow: dict[str, Any], from_client: bool) -> None:
+        import socket
+        import struct
+
+        try:
+            while data := source.recv(65536):
+                if from_client and flow["expired"]:
+                    flow["client"].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                              struct.pack("ii", 1, 0))
+                    flow["client"].close()
+                    flow["up"].close()
+                    return
+                target.sendall(data)
+        except OSError:
+            pass
+
+
+def _target(url: str) -> tuple[tuple[str, int], str]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return (parts.hostname or "127.0.0.1", parts.port or 6379), parts.path
+
+
+def test_a_long_idle_connection_answers_a_ping_before_the_script(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flask_apiguard.redis_gate import ScriptCaller
+
+    target, path = _target(redis_url)
+    proxy = SilentDrop(target)
+    monkeypatch.setattr(ScriptCaller, "IDLE_CHECK", 0.2)
+    try:
+        shared = SharedState(f"redis://127.0.0.1:{proxy.port}{path}", {}, "fixed-window", "closed")
+        assert remaining(shared, "idle") == 999
+        time.sleep(0.4)
+        proxy.expire()  # dropped silently while idle: no poll can see it
+        assert remaining(shared, "idle") == 998
+        assert shared._down_since is None
+    finally:
+        proxy.listener.close()
+
+
+def test_a_kept_connection_that_fails_takes_its_siblings_with_it(redis_url: str) -> None:
+    import threading
+
+    target, path = _target(redis_url)
+    proxy = SilentDrop(target)
+    try:
+        shared = SharedState(f"redis://127.0.0.1:{proxy.port}{path}", {}, "fixed-window", "closed")
+        backend = shared.primary
+        assert isinstance(backend, RedisScriptBackend)
+        caller = backend.script
+        run, barrier = caller._run, threading.Barrier(3)
+
+        def together(conn: Any, keys: Any, arg: str) -> Any:
+            barrier.wait(timeout=5)
+            return run(conn, keys, arg)
+
+        caller._run = together  # type: ignore[method-assign]
+        threads = [threading.Thread(target=remaining, args=(shared, "sib")) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        caller._run = run  # type: ignore[method-assign]
+        assert len(caller._idle) == 3
+        proxy.expire()  # every kept flow is dead, none idle long enough to be pinged
+        with pytest.raises(ServiceUnavailable):
+            shared.admit((), False, None, probe("sib"), True)
+        assert caller._idle == []  # the siblings went with it
+        shared._retry_at = 0.0
+        assert remaining(shared, "sib") == 996  # a fresh connection, at once
+    finally:
+        proxy.listener.close()
+
+
+def test_without_poll_select_checks_the_connection(redis_url: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from flask_apiguard import redis_gate
+
+    monkeypatch.setattr(redis_gate, "_poll", None)  # as on Windows
+    shared = SharedState(redis_url, {}, "fixed-window", "closed")
+    assert remaining(shared, "sel") == 999
+    kill_clients(redis_url)
+    assert remaining(shared, "sel") == 998
+    assert shared._down_since is None
+
+
+def test_a_pool_of_one_connection_is_never_kept(redis_url: str) -> None:
+    shared = SharedState(redis_url, {"max_connections": 1}, "fixed-window", "closed")
+    login = [LimitProbe(parse("5/minute"), ("apiguard", "view:login", "ip:1"), hit=False)]
+    verdict = shared.admit((), False, None, login, True)
+    backend = shared.primary
+    assert isinstance(backend, RedisScriptBackend)
+    assert backend.script._idle == []
+    shared.settle(verdict.backend, verdict.reserved, verdict.token, True, True)  # needs it
+    assert shared._down_since is None
+    assert remaining(shared, "one") == 999

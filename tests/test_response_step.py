@@ -371,3 +371,97 @@ def test_a_cascade_that_drops_a_guarded_404_lets_the_next_app_finish(make_app: A
     for response in responses:
         assert response.headers.getlist("X-Frame-Options") == ["DENY"]
         assert len(response.headers.getlist("RateLimit-Limit")) == 1
+
+
+def test_middleware_between_nested_guards_keeps_its_changes(make_app: Any) -> None:
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    inner = make_app(APIGUARD_RATELIMIT_DEFAULT="5 per minute")
+    outer = make_app(init=False, APIGUARD_CORS_ORIGINS=["https://a.example.com"])
+
+    def without_frame_options(app: Any) -> Any:
+        def middleware(environ: dict[str, Any], start_response: Any) -> Any:
+            def filtering(status: str, headers: Any, exc_info: Any = None) -> Any:
+                kept = [h for h in headers if h[0] != "X-Frame-Options"]  # a new list
+                return start_response(status, kept, exc_info)
+
+            return app(environ, filtering)
+
+        return middleware
+
+    outer.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
+        outer.wsgi_app, {"/inner": without_frame_options(inner)})
+    ApiGuard(outer)
+    response = outer.test_client().get("/inner/health", headers={"Origin": "https://a.example.com"})
+    assert response.status_code == 200
+    assert response.headers.getlist("X-Frame-Options") == []  # the middleware's choice stands
+    for name in ("RateLimit-Limit", "RateLimit-Remaining", "X-Request-ID"):
+        assert len(response.headers.getlist(name)) == 1, name
+    assert "Vary" not in response.headers
+
+
+def test_a_cascade_with_environ_copies_reports_the_answering_app_only(make_app: Any) -> None:
+    from flask import abort
+
+    outer, first, second = (make_app(init=False, APIGUARD_RATELIMIT_DEFAULT="5 per minute")
+                            for _ in range(3))
+
+    @first.post("/login")
+    @public
+    def not_here() -> Any:
+        abort(404)
+
+    @second.post("/login")
+    @public
+    @rate_limit("2 per minute", key="ip", count="failures")
+    def login() -> Any:
+        return {"ok": True}
+
+    ApiGuard(first)
+    ApiGuard(second)
+
+    def cascade(environ: dict[str, Any], start_response: Any) -> Any:
+        refused: list[str] = []
+
+        def first_try(status: str, headers: Any, exc_info: Any = None) -> Any:
+            if status.startswith("404"):
+                refused.append(status)
+                return lambda data: None
+            return start_response(status, headers, exc_info)
+
+        body = first(environ.copy(), first_try)
+        if not refused:
+            return body
+        b"".join(body)
+        if hasattr(body, "close"):
+            body.close()
+        return second(environ.copy(), start_response)
+
+    outer.wsgi_app = cascade  # type: ignore[method-assign]
+    ApiGuard(outer)
+    client = outer.test_client()
+    for _ in range(3):
+        response = client.post("/login", json={})
+        assert response.status_code == 200
+        assert response.headers.getlist("RateLimit-Limit") == ["2"]
+        assert response.headers.getlist("RateLimit-Remaining") == ["2"]
+        assert len(response.headers.getlist("X-Request-ID")) == 1
+
+
+def test_a_view_that_forwards_its_own_environ_keeps_its_request_id(make_app: Any) -> None:
+    from flask import abort
+
+    app = make_app(init=False)
+
+    @app.get("/page")
+    def page() -> Any:
+        environ = request.environ
+        path, environ["PATH_INFO"] = environ["PATH_INFO"], "/health"
+        b"".join(current_app.wsgi_app(environ, lambda status, headers, exc_info=None: None))
+        environ["PATH_INFO"] = path
+        abort(403)
+
+    ApiGuard(app)
+    response = app.test_client().get("/page", headers=bearer(token_for(app, "ada")))
+    assert response.status_code == 403
+    assert response.headers["X-Request-ID"] == response.get_json()["request_id"]
