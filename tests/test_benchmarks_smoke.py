@@ -76,3 +76,17 @@ def test_redis_gate_py_quick(capsys: Any, redis_url: str) -> None:
     assert redis_gate.main(["--quick", "--redis", redis_url]) == 0
     out = capsys.readouterr().out
     assert "admit" in out and "PING on a plain socket" in out
+
+
+def test_steps_py_quick() -> None:
+    # in a child process: it wraps the guard's classes with timers for its whole process
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "benchmarks/steps.py", "--quick"], cwd=root,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for step in ("whole request", "@validate", "shared state", "response step"):
+        assert step in done.stdout
