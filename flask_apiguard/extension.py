@@ -37,7 +37,7 @@ from .errors import (
     Unauthorized,
     problem_response,
 )
-from .identity import ANONYMOUS, ENVIRON_KEY, Identity, RequestSlot, holds, request_slot
+from .identity import ANONYMOUS, ENVIRON_KEY, Identity, RequestSlot, holds, own_slot, request_slot
 from .layers import proxies
 from .layers.apikeys import ApiKeyStore, identity_of, open_store
 from .layers.body import BodyGuard
@@ -104,6 +104,15 @@ class RequestState:
     #: Set once the security event of this request's response is recorded (a second
     #: ``start_response`` with ``exc_info`` must not record it again).
     logged: bool = False
+
+    def take_places(self) -> tuple[tuple[LimitProbe, ...], Backend, str] | None:
+        """The places this request holds, their backend and token, once: the caller settles
+        them."""
+        if not self.reserved or self.reserved_on is None:
+            return None
+        taken = self.reserved, self.reserved_on, self.reserve_token
+        self.reserved, self.reserved_on = (), None
+        return taken
 
 
 class GuardState:
@@ -362,10 +371,7 @@ class ApiGuard:
         def before_request() -> ResponseReturnValue | None:
             req: Request = request._get_current_object()  # type: ignore[attr-defined]
             environ = req.environ
-            slot = environ.get(ENVIRON_KEY)
-            if slot is None or slot.state is not None:  # not a copy of another request's slot
-                slot = environ[ENVIRON_KEY] = RequestSlot()
-            current = slot.state = RequestState(request_id=resolve_id(environ))
+            current = own_slot(environ).state = RequestState(request_id=resolve_id(environ))
             try:
                 return pipeline(state, req, current)
             except ApiGuardError as exc:
@@ -520,19 +526,14 @@ class ApiGuard:
         def release(slot: RequestSlot) -> None:
             """Count as a failure, and give back, the places of a request that never answered."""
             current: RequestState | None = slot.state
-            if current is not None and current.reserved and current.reserved_on is not None:
-                reserved, backend = current.reserved, current.reserved_on
-                current.reserved, current.reserved_on = (), None
-                state.shared.settle(backend, reserved, current.reserve_token, failed=True)
+            taken = current.take_places() if current is not None else None
+            if taken is not None:
+                reserved, backend, token = taken
+                state.shared.settle(backend, reserved, token, failed=True)
 
         def guarded_wsgi_app(environ: dict[str, Any], start_response: Any) -> Any:
             previous = environ.get(ENVIRON_KEY)
-            slot = previous
-            if slot is None or slot.state is not None:
-                # A new request, or one made with another request's environ or a copy of it
-                # (a sub-request from a view): its own slot. A guarded app mounted inside this
-                # one finds the slot still empty and shares it.
-                slot = environ[ENVIRON_KEY] = RequestSlot()
+            slot = own_slot(environ)
 
             def finishing_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
                 if _finishing_guard.get() is not None:
@@ -584,12 +585,12 @@ class ApiGuard:
             code = int(status[:3])
         except ValueError:
             code = 500
-        if current.reserved and current.reserved_on is not None:
-            reserved, backend = current.reserved, current.reserved_on
-            current.reserved, current.reserved_on = (), None
+        taken = current.take_places()
+        if taken is not None:
+            reserved, backend, token = taken
             try:
-                counted = state.shared.settle(backend, reserved, current.reserve_token,
-                                              code >= 400, config.ratelimit_headers)
+                counted = state.shared.settle(backend, reserved, token, code >= 400,
+                                              config.ratelimit_headers)
             except Exception:
                 # The response is already decided; send it with its headers. The places held
                 # expire on their own (INFLIGHT_TTL_MS).

@@ -33,6 +33,16 @@ def request_slot(environ: dict[str, Any]) -> RequestSlot:
         slot = environ[ENVIRON_KEY] = RequestSlot()
     return slot
 
+
+def own_slot(environ: dict[str, Any]) -> RequestSlot:
+    """The slot for a request starting with ``environ``: the one it carries while still empty
+    (shared with a guard around this one), a new one when it carries another request's state
+    (a sub-request made with that request's environ or a copy of it)."""
+    slot: RequestSlot | None = environ.get(ENVIRON_KEY)
+    if slot is None or slot.state is not None:
+        slot = environ[ENVIRON_KEY] = RequestSlot()
+    return slot
+
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 

@@ -432,7 +432,7 @@ class RedisScriptBackend(Backend):
         return found
 
     def _state(self, probe: LimitProbe, raw: Sequence[bytes], now: float) -> WindowState:
-        amount, expiry = probe.item.amount, probe.item.get_expiry()
+        amount, expiry = probe.item.amount, probe.expiry
         if self.strategy == "sliding-window-counter":
             previous, previous_ttl, current, current_ttl = (float(v) for v in raw)
             return sliding_window_state(amount, expiry, int(previous), max(0.0, previous_ttl) / 1000,

@@ -227,23 +227,23 @@ class Counter:
         item, storage = probe.item, self.storage
         if self.strategy == "sliding-window-counter":
             return bool(storage.acquire_sliding_window_entry(probe.key, item.amount,
-                                                             item.get_expiry(), probe.cost))
+                                                             probe.expiry, probe.cost))
         if self.strategy == "fixed-window":
-            return bool(storage.incr(probe.key, item.get_expiry(), amount=probe.cost) <= item.amount)
-        return bool(storage.acquire_entry(probe.key, item.amount, item.get_expiry(), amount=probe.cost))
+            return bool(storage.incr(probe.key, probe.expiry, amount=probe.cost) <= item.amount)
+        return bool(storage.acquire_entry(probe.key, item.amount, probe.expiry, amount=probe.cost))
 
     def test(self, probe: LimitProbe, extra: int = 0) -> bool:
         """Would ``probe`` (plus ``extra`` already promised to requests in flight) fit?"""
         item, storage = probe.item, self.storage
         cost = probe.cost + extra
         if self.strategy == "sliding-window-counter":
-            expiry = item.get_expiry()
+            expiry = probe.expiry
             previous, previous_ttl, current, _ = storage.get_sliding_window(probe.key, expiry)
             weighted = previous * previous_ttl / expiry + current
             return bool(weighted < item.amount - cost + 1)
         if self.strategy == "fixed-window":
             return bool(storage.get(probe.key) < item.amount - cost + 1)
-        _, count = storage.get_moving_window(probe.key, item.amount, item.get_expiry())
+        _, count = storage.get_moving_window(probe.key, item.amount, probe.expiry)
         return bool(count <= item.amount - cost)
 
     def hit_window(self, probe: LimitProbe, now: float) -> tuple[bool, WindowState]:
@@ -259,7 +259,7 @@ class Counter:
 
     def window(self, probe: LimitProbe, now: float) -> WindowState:
         item, storage = probe.item, self.storage
-        expiry = item.get_expiry()
+        expiry = probe.expiry
         if self.strategy == "sliding-window-counter":
             previous, previous_ttl, current, current_ttl = storage.get_sliding_window(probe.key, expiry)
             return sliding_window_state(item.amount, expiry, previous, previous_ttl, current,
@@ -422,7 +422,7 @@ class Backend:
             for probe in failure:
                 # a counter lives at most two windows (sliding window counter), so after that
                 # it is certainly back to zero
-                until = now + 2 * probe.item.get_expiry() + 1
+                until = now + 2 * probe.expiry + 1
                 if len(seen) < self._FAILURE_BOUND:
                     seen[probe.key] = until
                     order.append((until, probe.key))

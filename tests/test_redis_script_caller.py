@@ -163,18 +163,21 @@ def test_a_fork_without_python_hooks_never_shares_a_socket(redis_url: str) -> No
     assert sorted(done.stdout.split("\n")[:2]) == ["child 0", "parent 0"], done.stdout
 
 
-class DropOneAnswer:
-    """A TCP proxy to Redis that, once armed, lets the next EVALSHA through and closes the
-    client's connection instead of passing the answer back (the script ran)."""
+class RedisProxy:
+    """A TCP proxy to Redis on a free port; :meth:`forward` decides, per chunk, whether it
+    passes (True) or the flow ends there (False, after doing what the subclass wants)."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         import socket
         import threading
 
-        self.target, self.armed = target, False
+        self.target, self.flows = target, []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
+
+    def forward(self, flow: dict[str, Any], data: bytes, from_client: bool) -> bool:
+        raise NotImplementedError
 
     def _accept(self) -> None:
         import socket
@@ -185,23 +188,17 @@ class DropOneAnswer:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(self.target)
-            state = {"drop": False}
-            threading.Thread(target=self._pipe, args=(client, upstream, False, state, client),
-                             daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, True, state, client),
-                             daemon=True).start()
+            flow: dict[str, Any] = {"client": client, "up": socket.create_connection(self.target)}
+            self.flows.append(flow)
+            for source, target, from_client in ((client, flow["up"], True),
+                                                (flow["up"], client, False)):
+                threading.Thread(target=self._pipe, args=(flow, source, target, from_client),
+                                 daemon=True).start()
 
-    def _pipe(self, source: Any, target: Any, answers: bool, state: dict[str, bool],
-              client: Any) -> None:
-        import socket
-
+    def _pipe(self, flow: dict[str, Any], source: Any, target: Any, from_client: bool) -> None:
         try:
             while data := source.recv(65536):
-                if not answers and self.armed and b"EVALSHA" in data:
-                    self.armed, state["drop"] = False, True
-                if answers and state["drop"]:
-                    client.shutdown(socket.SHUT_RDWR)
+                if not self.forward(flow, data, from_client):
                     return
                 target.sendall(data)
         except OSError:
@@ -210,6 +207,23 @@ class DropOneAnswer:
             for sock in (source, target):
                 with contextlib.suppress(OSError):
                     sock.close()
+
+
+class DropOneAnswer(RedisProxy):
+    """Once armed, lets the next EVALSHA through and closes the client's connection instead
+    of passing the answer back (the script ran)."""
+
+    armed = False
+
+    def forward(self, flow: dict[str, Any], data: bytes, from_client: bool) -> bool:
+        import socket
+
+        if from_client and self.armed and b"EVALSHA" in data:
+            self.armed, flow["drop"] = False, True
+        if not from_client and flow.get("drop"):
+            flow["client"].shutdown(socket.SHUT_RDWR)
+            return False
+        return True
 
 
 def test_the_script_is_never_sent_twice(redis_url: str) -> None:
@@ -263,54 +277,24 @@ def test_a_burst_as_wide_as_the_pool_leaves_room_for_other_commands(redis_url: s
     assert remaining(shared, "after-burst") == 999
 
 
-class SilentDrop:
-    """A TCP proxy to Redis that, once its flows are expired, answers the next packet from the
-    client with a reset: a NAT or load balancer that forgot an idle flow (no FIN before)."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        import socket
-        import threading
-
-        self.target, self.flows = target, []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+class SilentDrop(RedisProxy):
+    """Once its flows are expired, answers the next packet from the client with a reset: a
+    NAT or load balancer that forgot an idle flow (no FIN before)."""
 
     def expire(self) -> None:
         for flow in self.flows:
             flow["expired"] = True
 
-    def _accept(self) -> None:
-        import socket
-        import threading
-
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            flow = {"client": client, "up": socket.create_connection(self.target), "expired": False}
-            self.flows.append(flow)
-            threading.Thread(target=self._pipe, args=(client, flow["up"], flow, True),
-                             daemon=True).start()
-            threading.Thread(target=self._pipe, args=(flow["up"], client, flow, False),
-                             daemon=True).start()
-
-    def _pipe(self, source: Any, target: Any, flow: dict[str, Any], from_client: bool) -> None:
+    def forward(self, flow: dict[str, Any], data: bytes, from_client: bool) -> bool:
         import socket
         import struct
 
-        try:
-            while data := source.recv(65536):
-                if from_client and flow["expired"]:
-                    flow["client"].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                              struct.pack("ii", 1, 0))
-                    flow["client"].close()
-                    flow["up"].close()
-                    return
-                target.sendall(data)
-        except OSError:
-            pass
+        if from_client and flow.get("expired"):
+            flow["client"].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            flow["client"].close()
+            flow["up"].close()
+            return False
+        return True
 
 
 def _target(url: str) -> tuple[tuple[str, int], str]:

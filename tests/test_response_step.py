@@ -35,17 +35,22 @@ def test_a_crashing_failures_view_is_counted_and_gives_its_place_back(make_app: 
     assert client.post("/login", json={}).status_code == 429
 
 
-def test_middleware_installed_before_the_guard_gets_the_headers(make_app: Any) -> None:
-    app = make_app(init=False)
+def _health_middleware(app: Any) -> None:
+    """A health check answered by middleware installed before the guard."""
     inner = app.wsgi_app
 
-    def answers_itself(environ: dict[str, Any], start_response: Any) -> Any:
+    def health(environ: dict[str, Any], start_response: Any) -> Any:
         if environ["PATH_INFO"] == "/ping":
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"pong"]
         return inner(environ, start_response)
 
-    app.wsgi_app = answers_itself  # type: ignore[method-assign]
+    app.wsgi_app = health
+
+
+def test_middleware_installed_before_the_guard_gets_the_headers(make_app: Any) -> None:
+    app = make_app(init=False)
+    _health_middleware(app)
     ApiGuard(app)
     response = app.test_client().get("/ping")
     assert response.get_data() == b"pong"
@@ -162,19 +167,6 @@ def test_a_failing_settle_still_sends_the_response_with_its_headers(
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["Cache-Control"] == "no-store"
     assert any("settling" in r.getMessage() for r in caplog.records)
-
-
-def _health_middleware(app: Any) -> None:
-    """A health check answered by middleware installed before the guard."""
-    inner = app.wsgi_app
-
-    def health(environ: dict[str, Any], start_response: Any) -> Any:
-        if environ["PATH_INFO"] == "/ping":
-            start_response("200 OK", [("Content-Type", "text/plain")])
-            return [b"pong"]
-        return inner(environ, start_response)
-
-    app.wsgi_app = health
 
 
 def test_a_sub_request_inside_a_view_never_takes_the_outer_state(make_app: Any) -> None:
