@@ -60,7 +60,7 @@ def route_table() -> list[dict[str, Any]]:
         methods = sorted((rule.methods or set()) - _HIDDEN_METHODS) or sorted(rule.methods or ())
         groups: dict[str, dict[str, Any]] = {}
         for method in methods:
-            info = _describe(state.compile(rule.endpoint, method))
+            info = _describe(state.route(rule.endpoint, method))
             signature = json.dumps(info, sort_keys=True)
             if signature in groups:
                 groups[signature]["methods"].append(method)

@@ -74,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
         "X-Permitted-Cross-Domain-Policies": "none",
     },
     "CACHE_CONTROL": "no-store",
+    "CACHE_CONTROL_ALWAYS": True,
     "MAX_CONTENT_LENGTH": 10240,
     "MAX_JSON_DEPTH": 32,
     "JSON_ONLY": True,
@@ -149,6 +150,7 @@ class GuardConfig:
     permissions_policy: Mapping[str, str] | str | None
     extra_headers: Mapping[str, str]
     cache_control: str | None
+    cache_control_always: bool
     max_content_length: int | None
     max_json_depth: int
     json_only: bool
@@ -540,6 +542,7 @@ _SIMPLE: dict[str, Callable[[str, Any], Any]] = {
     "PERMISSIONS_POLICY": _policy,
     "EXTRA_HEADERS": _extra_headers,
     "CACHE_CONTROL": lambda k, v: _str(k, v, optional=True),
+    "CACHE_CONTROL_ALWAYS": _bool,
     "MAX_CONTENT_LENGTH": lambda k, v: _int(k, v, minimum=1, optional=True),
     "MAX_JSON_DEPTH": lambda k, v: _int(k, v, minimum=1),
     "JSON_ONLY": _bool,

@@ -175,6 +175,14 @@ class InvalidHost(ApiGuardError, wz.BadRequest):
     default_detail = "The Host header does not name this service."
 
 
+class InvalidScheme(ApiGuardError, wz.BadRequest):
+    """A trusted proxy's ``X-Forwarded-Proto`` named a scheme other than http(s) or ws(s)."""
+
+    code = 400
+    error = "bad_request"
+    default_detail = "The forwarded scheme must be http, https, ws or wss."
+
+
 class HttpsRequired(ApiGuardError, wz.Forbidden):
     code = 403
     error = "https_required"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,6 +19,7 @@ from flask import Flask, current_app, has_request_context, request
 from flask.typing import ResponseReturnValue
 from werkzeug import exceptions as wz
 from werkzeug.routing import RequestRedirect
+from werkzeug.sansio.utils import get_current_url
 from werkzeug.wrappers import Response
 
 from . import seclog
@@ -29,12 +30,15 @@ from .errors import (
     Forbidden,
     HttpsRequired,
     InvalidApiKey,
+    InvalidHost,
+    InvalidScheme,
     MethodNotAllowed,
     NotFound,
     RateLimitExceeded,
     TokenRevoked,
     TooManyAuthFailures,
     Unauthorized,
+    internal_error,
     problem_response,
 )
 from .identity import ANONYMOUS, ENVIRON_KEY, Identity, RequestSlot, holds, own_slot, request_slot
@@ -60,6 +64,7 @@ EXTENSION_NAME = "apiguard"
 _DEFAULT_REVOCATION_TTL = 30 * 24 * 3600
 _LOGGED_STATUSES = frozenset({401, 403, 413, 415, 429})
 _SECURE_SCHEMES = frozenset({"https", "wss"})  # werkzeug's Request.is_secure
+_KNOWN_SCHEMES = frozenset({"http", "https", "ws", "wss"})
 #: Set while a guard hands the response it finished to the next ``start_response``: a guard
 #: around it (an app mounted inside another guarded app) then passes the response on as is.
 _finishing_guard: ContextVar[GuardState | None] = ContextVar("flask_apiguard.finishing",
@@ -83,6 +88,8 @@ class Route:
     accepts_form: bool
     list_query_fields: frozenset[str]
     declared: Policy
+    #: The view function it was compiled for: a replaced view is compiled anew.
+    view: Callable[..., Any]
 
 
 @dataclass(slots=True)
@@ -155,6 +162,8 @@ class GuardState:
         )
         self.security_log = seclog.SecurityLog(config.security_log)
         self.routes: dict[tuple[str, str], Route] = {}
+        #: The app's own endpoint table (Flask never replaces the dict, only its entries).
+        self.view_functions = app.view_functions
         #: Set when a request arrived with X-Forwarded-For while no proxy is trusted.
         self.saw_forwarded = False
 
@@ -170,16 +179,17 @@ class GuardState:
             )
 
     def route(self, endpoint: str, method: str) -> Route:
-        """The compiled policy of ``endpoint`` for ``method`` (computed once, then a lookup)."""
+        """The compiled policy of ``endpoint`` for ``method``: compiled once per view, then a
+        lookup. A view function replaced in ``app.view_functions`` brings its own policy."""
         key = (endpoint, method)
         route = self.routes.get(key)
-        if route is None:
-            route = self.routes[key] = self.compile(endpoint, method)
+        view = self.view_functions[endpoint]
+        if route is None or route.view is not view:
+            route = self.routes[key] = self.compile(endpoint, method, view)
         return route
 
-    def compile(self, endpoint: str, method: str) -> Route:
+    def compile(self, endpoint: str, method: str, view: Callable[..., Any]) -> Route:
         config = self.config
-        view = current_app.view_functions[endpoint]
         declared = declared_policy(view, method)
         public = declared.public or (
             endpoint in config.public_endpoints and not declared.needs_identity
@@ -216,6 +226,7 @@ class GuardState:
             accepts_form="form" in declared.validations,
             list_query_fields=query_spec.list_fields if query_spec else frozenset(),
             declared=declared,
+            view=view,
         )
 
 
@@ -307,6 +318,12 @@ def _after_deferred(window: WindowState | None, used: tuple[LimitProbe, ...],
     return min(candidates, key=lambda s: (s.remaining, s.reset_in), default=None)
 
 
+def _propagates(app: Flask) -> bool:
+    """Flask's own rule for exceptions: raised to the server in testing or debug mode."""
+    propagate = app.config.get("PROPAGATE_EXCEPTIONS")
+    return bool(app.testing or app.debug) if propagate is None else bool(propagate)
+
+
 def _too_many(cls: type[ApiGuardError], retry_after: int) -> ApiGuardError:
     return cls(headers={"Retry-After": str(retry_after)}, extra={"retry_after": retry_after})
 
@@ -341,6 +358,7 @@ class ApiGuard:
         ``APIGUARD_CORS_MAX_AGE``, ``APIGUARD_FORCE_HTTPS``, ``APIGUARD_HSTS``,
         ``APIGUARD_CSP``, ``APIGUARD_FRAME_OPTIONS``, ``APIGUARD_REFERRER_POLICY``,
         ``APIGUARD_PERMISSIONS_POLICY``, ``APIGUARD_EXTRA_HEADERS``, ``APIGUARD_CACHE_CONTROL``,
+        ``APIGUARD_CACHE_CONTROL_ALWAYS``,
         ``APIGUARD_MAX_CONTENT_LENGTH``, ``APIGUARD_MAX_JSON_DEPTH``, ``APIGUARD_JSON_ONLY``,
         ``APIGUARD_REJECT_OPERATOR_KEYS``, ``APIGUARD_DUPLICATE_PARAMS``,
         ``APIGUARD_TRUSTED_HOSTS``, ``APIGUARD_TRUSTED_PROXIES``, ``APIGUARD_ALLOWED_METHODS``,
@@ -363,9 +381,8 @@ class ApiGuard:
             app.config["SESSION_COOKIE_SECURE"] = True
         if app.config.get("SESSION_COOKIE_SAMESITE") is None:
             app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
-        # The pipeline is the first before-request hook, so it runs before the app's own. It
-        # is a plain function closing over this app's state: no current_app lookup per request,
-        # and the cheap case of Flask's per-call coroutine check.
+        # The pipeline is a plain function closing over this app's state: no current_app
+        # lookup per request.
         pipeline, resolve_id = self._pipeline, state.request_ids.resolve
 
         def before_request() -> ResponseReturnValue | None:
@@ -379,7 +396,16 @@ class ApiGuard:
                     current.error = exc
                 raise
 
-        app.before_request_funcs.setdefault(None, []).insert(0, before_request)
+        # It runs before anything of the app's own: Flask calls url_value_preprocessors (an
+        # app's tenant lookup, say) ahead of every before_request function, so the pipeline
+        # goes in front of preprocess_request itself, and a refused request runs no app code.
+        app_preprocess = app.preprocess_request
+
+        def preprocess_request() -> ResponseReturnValue | None:
+            answer = before_request()
+            return answer if answer is not None else app_preprocess()
+
+        app.preprocess_request = preprocess_request  # type: ignore[method-assign]
         # After the view, the guard's headers are added where the response is finally sent:
         # in start_response, around the app's WSGI callable (inside any proxy middleware).
         # Whatever answers (the view, an error handler, the 500 after an app hook raised,
@@ -415,14 +441,18 @@ class ApiGuard:
             "HTTP_AUTHORIZATION" in environ or state.api_key_environ in environ
             or "HTTP_COOKIE" in environ
         )
-        # 4. HTTPS
-        if config.force_https and not req.is_secure:
-            if method in ("GET", "HEAD"):
-                redirect = Response(status=301, headers={"Location": "https://" + req.url[len("http://"):]})
-                if state.hosts is None:  # the Location echoes an unchecked Host: keep it out of caches
-                    redirect.headers["Cache-Control"] = "no-store"
-                return redirect
-            raise HttpsRequired()
+        # 4. HTTPS (the scheme is the server's, or a trusted proxy's X-Forwarded-Proto)
+        scheme = environ["wsgi.url_scheme"]
+        if scheme not in _KNOWN_SCHEMES:
+            raise InvalidScheme()
+        if config.force_https and scheme not in _SECURE_SCHEMES:
+            if method not in ("GET", "HEAD"):
+                raise HttpsRequired()
+            host = req.host  # checked at step 3 when APIGUARD_TRUSTED_HOSTS is set
+            if not host:
+                raise InvalidHost("The Host header is missing or malformed.")
+            location = get_current_url("https", host, req.root_path, req.path, req.query_string)
+            return Response(status=301, headers={"Location": location})
         # routing: unknown paths 404, wrong methods 405, for anyone
         if req.routing_exception is not None:
             raise self._routing_error(req.routing_exception)
@@ -534,31 +564,70 @@ class ApiGuard:
         def guarded_wsgi_app(environ: dict[str, Any], start_response: Any) -> Any:
             previous = environ.get(ENVIRON_KEY)
             slot = own_slot(environ)
+            # A response started while the app runs is held until the app returns, after its
+            # teardown hooks: one that raises there can still be answered with the 500.
+            held: list[tuple[str, Any, Any, bool]] = []
+            sent: list[Any] = []  # the server's write callable, once the response is started
+            running = True
 
-            def finishing_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
-                if _finishing_guard.get() is not None:
+            def send(status: str, headers: Any, exc_info: Any, passed_on: bool) -> Any:
+                if passed_on:
                     # A guarded app inside this one finished this very response (mounted
                     # with a dispatcher, a cascade, middleware in between): pass it on.
-                    return start_response(status, headers, exc_info)
-                headers = list(headers)  # never the caller's own list
-                try:
-                    finish(state, app, environ, slot, status, headers)
-                except Exception:
-                    _log.exception("flask-apiguard: the response step failed")
-                token = _finishing_guard.set(state)
-                try:
-                    return start_response(status, headers, exc_info)
-                finally:
-                    _finishing_guard.reset(token)
+                    write = start_response(status, headers, exc_info)
+                else:
+                    headers = list(headers)  # never the caller's own list
+                    try:
+                        finish(state, app, environ, slot, status, headers)
+                    except Exception:
+                        _log.exception("flask-apiguard: the response step failed")
+                    token = _finishing_guard.set(state)
+                    try:
+                        write = start_response(status, headers, exc_info)
+                    finally:
+                        _finishing_guard.reset(token)
+                sent[:] = [write]
+                return write
+
+            def flush() -> None:
+                if held:
+                    send(*held.pop())
+
+            def write(data: bytes) -> Any:
+                """PEP 3333's ``write`` for an app that calls it: the held start goes first."""
+                flush()
+                return sent[0](data)
+
+            def finishing_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+                passed_on = _finishing_guard.get() is not None
+                if running:
+                    held[:] = [(status, headers, exc_info, passed_on)]
+                    return write
+                return send(status, headers, exc_info, passed_on)
 
             try:
                 result = wsgi_app(environ, finishing_start_response)
+            except Exception:
+                running = False
+                if sent or _propagates(app):
+                    release(slot)  # the server answers: no response of ours was started
+                    raise
+                held.clear()
+                _log.error("flask-apiguard: an exception reached the server from the app "
+                           "(a teardown hook or middleware); answered 500.", exc_info=True)
+                if slot.state is None:
+                    slot.state = RequestState(request_id=new_request_id())
+                answer = problem_response(internal_error(), slot.state.request_id,
+                                          state.config.error_type_base)
+                return answer(environ, finishing_start_response)
             except BaseException:
                 release(slot)  # an exception went up to the server: no response was started
                 raise
             finally:
+                running = False
                 if previous is not None and previous is not slot:
                     environ[ENVIRON_KEY] = previous  # the environ was lent by another request
+            flush()
             current: RequestState | None = slot.state
             if current is not None and current.reserved:
                 # Middleware may start the response only when the body is first read (PEP
@@ -625,10 +694,14 @@ class ApiGuard:
             add(("RateLimit-Reset", str(window.reset_in)))
         if state.request_id_lower not in present:
             add((config.request_id_header, current.request_id))
-        if config.cache_control and "cache-control" not in present and (
-            code >= 400 or current.credentials
-        ):
-            add(("Cache-Control", config.cache_control))
+        if "cache-control" not in present:
+            if state.hosts is None and 300 <= code < 400:
+                # a redirect's Location names the Host, unchecked here: never cached
+                add(("Cache-Control", "no-store"))
+            elif config.cache_control and (
+                config.cache_control_always or code >= 400 or current.credentials
+            ):
+                add(("Cache-Control", config.cache_control))
         if (current.error is not None or code in _LOGGED_STATUSES or code >= 500) \
                 and not current.logged:
             current.logged = True

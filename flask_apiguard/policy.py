@@ -17,6 +17,7 @@ from limits import RateLimitItem, parse_many
 from .errors import ApiGuardConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 #: The attribute that carries a view's :class:`Policy`.
 POLICY_ATTR = "__apiguard_policy__"
@@ -120,22 +121,22 @@ def get_policy(target: Any) -> Policy | None:
     return policy if isinstance(policy, Policy) else None
 
 
-def _policy_of(target: Any) -> Policy:
-    """The policy of ``target``, created on first use. A subclass gets its own copy."""
-    if isinstance(target, type):
-        own: Policy | None = target.__dict__.get(POLICY_ATTR)
-        if own is None:
-            inherited = get_policy(target)
-            own = inherited.copy() if inherited is not None else Policy()
-            setattr(target, POLICY_ATTR, own)
-        return own
-    policy = get_policy(target)
-    if policy is None:
-        if not callable(target):
-            raise TypeError(f"flask-apiguard decorators apply to views, not to {target!r}.")
-        policy = Policy()
-        setattr(target, POLICY_ATTR, policy)
-    return policy
+def _editable(target: Any) -> Policy:
+    """A new copy of the policy ``target`` declares (or inherits), for a decorator to change
+    and :func:`_record`. Never the object in place: ``functools.wraps`` copies ``__dict__``, so
+    a wrapper and the view it wraps start out holding the same object, and a subclass sees its
+    base's; changing it in place would change what the other function or class declares."""
+    if not isinstance(target, type) and not callable(target):
+        raise TypeError(f"flask-apiguard decorators apply to views, not to {target!r}.")
+    current = get_policy(target)
+    return current.copy() if current is not None else Policy()
+
+
+def _record(target: T, policy: Policy) -> T:
+    """Check ``policy`` for contradictions, then make it what ``target`` declares."""
+    _check(policy, target)
+    setattr(target, POLICY_ATTR, policy)
+    return target
 
 
 def _check(policy: Policy, target: Any) -> None:
@@ -163,10 +164,9 @@ def public(view: F) -> F:
 
     Credentials sent to a public view are ignored: not checked, not counted.
     """
-    policy = _policy_of(view)
+    policy = _editable(view)
     policy.public = True
-    _check(policy, view)
-    return view
+    return _record(view, policy)
 
 
 @overload
@@ -183,11 +183,10 @@ def require_jwt(view: Any = None, /, *, optional: bool = False) -> Any:
     """
 
     def record(target: F) -> F:
-        policy = _policy_of(target)
+        policy = _editable(target)
         policy.methods.add("jwt")
         policy.optional = policy.optional or optional
-        _check(policy, target)
-        return target
+        return _record(target, policy)
 
     return record(view) if view is not None else record
 
@@ -206,11 +205,10 @@ def require_api_key(view: Any = None, /, *, scopes: Iterable[str] = ()) -> Any:
     wanted = frozenset(_names("require_api_key", scopes))
 
     def record(target: F) -> F:
-        policy = _policy_of(target)
+        policy = _editable(target)
         policy.methods.add("api_key")
         policy.api_key_scopes |= wanted
-        _check(policy, target)
-        return target
+        return _record(target, policy)
 
     return record(view) if view is not None else record
 
@@ -224,10 +222,9 @@ def roles(*names: str, require: str = "any") -> Callable[[F], F]:
         raise TypeError("@roles needs at least one role name.")
 
     def record(target: F) -> F:
-        policy = _policy_of(target)
+        policy = _editable(target)
         policy.role_rules.append((wanted, require))
-        _check(policy, target)
-        return target
+        return _record(target, policy)
 
     return record
 
@@ -239,10 +236,9 @@ def scopes(*names: str) -> Callable[[F], F]:
         raise TypeError("@scopes needs at least one scope name.")
 
     def record(target: F) -> F:
-        policy = _policy_of(target)
+        policy = _editable(target)
         policy.scope_rules.append(wanted)
-        _check(policy, target)
-        return target
+        return _record(target, policy)
 
     return record
 
@@ -281,17 +277,18 @@ def rate_limit(
     spec = RateLimitSpec(limit, tuple(parse_many(limit)), key, count, scope, cost)
 
     def record(target: F) -> F:
-        policy = _policy_of(target)
+        policy = _editable(target)
         policy.rate_limits.append(spec)
-        return target
+        return _record(target, policy)
 
     return record
 
 
 def rate_limit_exempt(view: F) -> F:
     """Exempt ``view`` from every rate limit, the default one included."""
-    _policy_of(view).rate_limit_exempt = True
-    return view
+    policy = _editable(view)
+    policy.rate_limit_exempt = True
+    return _record(view, policy)
 
 
 def validate(schema: Any, location: str = "json", arg_name: str | None = None) -> Callable[[F], F]:
@@ -324,13 +321,13 @@ def validate(schema: Any, location: str = "json", arg_name: str | None = None) -
                 f"@validate applies to a view function or a MethodView method, not to the class "
                 f"{view.__qualname__}."
             )
-        policy = _policy_of(view)
+        policy = _editable(view)
         if location in policy.validations:
             raise TypeError(f"{_name(view)}: @validate(location={location!r}) is declared twice.")
         if any(v.arg_name == name for v in policy.validations.values()):
             raise TypeError(f"{_name(view)}: two @validate use the argument name {name!r}.")
         policy.validations[location] = spec
-        return view
+        return _record(view, policy)
 
     return record
 

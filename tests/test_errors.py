@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from flask import abort
 
 from flask_apiguard import ApiGuard, public
@@ -103,3 +104,55 @@ def test_error_codes_for_statuses() -> None:
     assert error_code_for(503) == "service_unavailable"
     assert error_code_for(422) == "unprocessable_content" or error_code_for(422) == "unprocessable_entity"
     assert error_code_for(599) == "internal_error"
+
+
+def test_an_exception_in_a_teardown_hook_is_a_problem_500(make_app: Any, caplog: Any) -> None:
+    # It ended as the server's own HTML 500: no security headers, no request id, no record.
+    import logging
+
+    app = make_app(init=False, PROPAGATE_EXCEPTIONS=False)
+
+    @app.teardown_request
+    def failing_teardown(exc: BaseException | None) -> None:
+        raise RuntimeError("teardown failed reading /srv/app/secret.txt")
+
+    ApiGuard(app)
+    caplog.set_level(logging.INFO, logger="flask_apiguard.security")
+    calls: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        calls.append((status, headers))
+        return lambda data: None
+
+    from werkzeug.test import EnvironBuilder
+
+    environ = EnvironBuilder("/health", base_url="https://localhost").get_environ()
+    body = b"".join(app.wsgi_app(environ, start_response))
+    assert [status for status, _ in calls] == ["500 INTERNAL SERVER ERROR"]
+    headers = dict(calls[0][1])
+    assert headers["Content-Type"] == "application/problem+json"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    payload = json.loads(body)
+    assert payload["error"] == "internal_error"
+    assert payload["request_id"] == headers["X-Request-ID"]
+    assert b"/srv" not in body and b"Traceback" not in body
+    records = [json.loads(r.getMessage()) for r in caplog.records
+               if r.name == "flask_apiguard.security"]
+    assert [(r["status"], r["request_id"]) for r in records] == [(500, headers["X-Request-ID"])]
+
+    response = app.test_client().get("/health")
+    assert response.status_code == 500
+    assert problem(response)["error"] == "internal_error"
+
+
+def test_an_exception_in_a_teardown_hook_propagates_in_testing_mode(make_app: Any) -> None:
+    # Flask's own rule for view errors (PROPAGATE_EXCEPTIONS, or TESTING) applies here too.
+    app = make_app(init=False)
+
+    @app.teardown_request
+    def failing_teardown(exc: BaseException | None) -> None:
+        raise RuntimeError("teardown failed")
+
+    ApiGuard(app)
+    with pytest.raises(RuntimeError, match="teardown failed"):
+        app.test_client().get("/health")

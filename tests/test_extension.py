@@ -260,3 +260,81 @@ def test_secret_is_required_for_tokens(tmp_path: Any) -> None:
     response = app.test_client().get("/x", headers=bearer("a.b.c"))
     assert problem(response)["error"] == "invalid_token"
     assert SECRET  # the shared secret is unused here
+
+
+def test_public_on_a_wrapped_copy_keeps_the_original_route_protected(make_app: Any) -> None:
+    # functools.wraps shared the policy record: public(cached(view)) opened /report too.
+    import functools
+
+    app = make_app(init=False)
+
+    def report() -> Any:
+        return {"report": True}
+
+    def cached(view: Any) -> Any:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    app.add_url_rule("/report", "report", report)
+    app.add_url_rule("/partner/report", "partner_report", public(cached(report)))
+    ApiGuard(app)
+    client = app.test_client()
+    assert client.get("/partner/report").status_code == 200
+    assert client.get("/report").status_code == 401
+
+
+def test_a_replaced_view_function_brings_its_own_policy(make_app: Any) -> None:
+    # The compiled policy was cached per endpoint: the old view's @public outlived it.
+    app = make_app(init=False)
+
+    @app.get("/thing")
+    @public
+    def thing() -> Any:
+        return {"open": True}
+
+    ApiGuard(app)
+    client = app.test_client()
+    assert client.get("/thing").status_code == 200
+
+    def protected_thing() -> Any:
+        return {"open": False}
+
+    app.view_functions["thing"] = protected_thing
+    assert client.get("/thing").status_code == 401
+    assert client.get("/thing", headers=bearer(token_for(app))).get_json() == {"open": False}
+
+
+def test_url_value_preprocessors_run_only_for_admitted_requests(make_app: Any) -> None:
+    # Flask runs url_value_preprocessors before every before_request hook: an app's tenant
+    # lookup ran, unthrottled and unlogged, for requests the guard then refused.
+    from flask import Blueprint
+
+    app = make_app(init=False)
+    seen: list[str] = []
+    bp = Blueprint("tenants", __name__)
+
+    @app.url_value_preprocessor
+    def app_lookup(endpoint: str | None, values: dict[str, Any] | None) -> None:
+        if values and "tenant" in values:
+            seen.append("app:" + values["tenant"])
+
+    @bp.url_value_preprocessor
+    def bp_lookup(endpoint: str | None, values: dict[str, Any] | None) -> None:
+        if values and "tenant" in values:
+            seen.append("bp:" + values.pop("tenant"))
+
+    @bp.get("/t/<tenant>/data")
+    def data() -> Any:
+        return {"ok": True}
+
+    app.register_blueprint(bp)
+    ApiGuard(app)
+    client = app.test_client()
+    assert client.get("/t/acme/data").status_code == 401
+    assert client.get("/t/acme/data", headers=bearer("not-a-token")).status_code == 401
+    assert seen == []
+    assert client.get("/t/acme/data", headers=bearer(token_for(app))).status_code == 200
+    assert seen == ["app:acme", "bp:acme"]

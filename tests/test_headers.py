@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from flask import make_response
 
 from flask_apiguard import ApiGuard, public
@@ -84,7 +85,15 @@ def test_a_view_own_header_wins(make_app: Any) -> None:
     assert response.headers["Cache-Control"] == "public, max-age=60"
 
 
-def test_cache_control_on_errors_and_credentialed_requests(app: Any, client: Any) -> None:
+def test_cache_control_no_store_on_every_response_by_default(app: Any, client: Any) -> None:
+    # An API's answers are personal by default: a public 200 had no Cache-Control at all.
+    assert client.get("/health").headers["Cache-Control"] == "no-store"
+    assert client.get("/private").headers["Cache-Control"] == "no-store"
+
+
+def test_cache_control_only_where_needed_when_not_always(make_app: Any) -> None:
+    app = make_app(APIGUARD_CACHE_CONTROL_ALWAYS=False)
+    client = app.test_client()
     assert "Cache-Control" not in client.get("/health").headers
     assert client.get("/private").headers["Cache-Control"] == "no-store"
     ok = client.get("/private", headers=bearer(token_for(app)))
@@ -101,3 +110,43 @@ def test_session_cookie_defaults_hardened(make_app: Any) -> None:
     app = make_app()
     assert app.config["SESSION_COOKIE_SECURE"] is True
     assert app.config["SESSION_COOKIE_SAMESITE"] == "Lax"
+
+
+@pytest.mark.parametrize("cache_control", ["no-store", None])
+@pytest.mark.parametrize("always", [True, False])
+def test_every_redirect_with_an_unchecked_host_is_kept_out_of_caches(
+        make_app: Any, cache_control: str | None, always: bool) -> None:
+    # Only the guard's own 301 got no-store; routing's 308 and redirect_to rules, whose
+    # Location also echoes the Host, were cacheable with a forged host.
+    app = make_app(init=False, APIGUARD_CACHE_CONTROL=cache_control,
+                   APIGUARD_CACHE_CONTROL_ALWAYS=always)
+
+    @app.get("/folder/")
+    @public
+    def folder() -> Any:
+        return {"ok": True}
+
+    app.add_url_rule("/old", "old", redirect_to="/health")
+    ApiGuard(app)
+    client = app.test_client()
+    for path, status in (("/folder", 308), ("/old", 308)):
+        response = client.get(path, headers={"Host": "evil.example"})
+        assert response.status_code == status
+        assert response.headers["Cache-Control"] == "no-store"
+    plain = client.get("/health", base_url="http://evil.example")
+    assert plain.status_code == 301 and plain.headers["Cache-Control"] == "no-store"
+
+
+def test_a_redirect_with_a_checked_host_follows_the_cache_setting(make_app: Any) -> None:
+    app = make_app(init=False, APIGUARD_TRUSTED_HOSTS=["api.example.com"],
+                   APIGUARD_CACHE_CONTROL_ALWAYS=False)
+
+    @app.get("/folder/")
+    @public
+    def folder() -> Any:
+        return {"ok": True}
+
+    ApiGuard(app)
+    response = app.test_client().get("/folder", base_url="https://api.example.com")
+    assert response.status_code == 308
+    assert "Cache-Control" not in response.headers

@@ -116,3 +116,67 @@ def test_a_subclass_gets_its_own_policy() -> None:
     assert get_policy(Child).role_rules == [(frozenset({"admin"}), "any")]  # type: ignore[union-attr]
     assert get_policy(Child).methods == {"jwt"}  # type: ignore[union-attr]
     assert POLICY_ATTR in vars(Child)
+
+
+def _wrapped_copy(view: Any) -> Any:
+    """What a caching or logging decorator does: functools.wraps copies ``__dict__``."""
+    import functools
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+_DECORATORS = [
+    pytest.param(public, id="public"),
+    pytest.param(require_jwt, id="require_jwt"),
+    pytest.param(require_jwt(optional=True), id="optional"),
+    pytest.param(require_api_key(scopes=["k"]), id="require_api_key"),
+    pytest.param(roles("other"), id="roles"),
+    pytest.param(scopes("s"), id="scopes"),
+    pytest.param(rate_limit("1/minute"), id="rate_limit"),
+    pytest.param(rate_limit_exempt, id="rate_limit_exempt"),
+    pytest.param(validate({"q": fields.Int()}, location="query"), id="validate"),
+]
+
+
+@pytest.mark.parametrize("decorator", _DECORATORS)
+def test_a_decorator_on_a_wrapped_copy_leaves_the_original_alone(decorator: Any) -> None:
+    # functools.wraps shared one Policy object: public(cached(view)) opened the original view.
+    def plain() -> None: ...
+
+    def declared() -> None: ...
+
+    rate_limit("9/minute")(declared)
+    for view in (plain, declared):
+        before = get_policy(view)
+        snapshot = before.copy() if before is not None else None
+        decorator(_wrapped_copy(view))
+        after = get_policy(view)
+        assert after == snapshot and after is before
+
+
+@pytest.mark.parametrize("decorator", _DECORATORS)
+def test_a_decorator_on_the_original_leaves_an_earlier_wrapped_copy_alone(decorator: Any) -> None:
+    def view() -> None: ...
+
+    rate_limit("9/minute")(view)
+    wrapper = _wrapped_copy(view)
+    snapshot = get_policy(wrapper).copy()  # type: ignore[union-attr]
+    decorator(view)
+    assert get_policy(wrapper) == snapshot
+
+
+def test_a_wrapped_copy_keeps_what_the_original_declared() -> None:
+    def view() -> None: ...
+
+    roles("admin")(view)
+    wrapper = _wrapped_copy(view)
+    rate_limit("1/minute")(wrapper)
+    policy = get_policy(wrapper)
+    assert policy is not None
+    assert policy.role_rules == [(frozenset({"admin"}), "any")]
+    assert [spec.limit for spec in policy.rate_limits] == ["1/minute"]
+    assert get_policy(view).rate_limits == []  # type: ignore[union-attr]

@@ -41,3 +41,15 @@ def test_custom_header_name(make_app: Any) -> None:
     response = app.test_client().get("/health", headers={"X-Correlation-ID": "corr-1"})
     assert response.headers["X-Correlation-ID"] == "corr-1"
     assert "X-Request-ID" not in response.headers
+
+
+def test_ids_neither_read_nor_advance_the_global_random(client: Any) -> None:
+    # Ids came from random.getrandbits: ~156 of them recovered the app's whole random state.
+    import random
+
+    random.seed(1234)
+    before = random.getstate()
+    for _ in range(5):
+        client.get("/health")
+        client.get("/private")
+    assert random.getstate() == before
