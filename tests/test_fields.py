@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import gzip
 import importlib.resources
+import random
 import re
 import secrets
+import string
 import sys
 import threading
+import time
 import types
 import uuid
 from collections.abc import Callable
@@ -526,8 +529,9 @@ def test_password_min_length() -> None:
 
 
 def test_password_max_length() -> None:
-    assert load(Password(), "Zq" * 64) == "Zq" * 64
-    messages = errors(Password(), "Zq" * 64 + "x")
+    longest = secrets.token_urlsafe(96)  # 128 random characters
+    assert load(Password(), longest) == longest
+    messages = errors(Password(), longest + "x")
     assert messages == ["Must be at most 128 characters long."]
     assert errors(Password(max_length=20), "y" * 21) == ["Must be at most 20 characters long."]
 
@@ -551,7 +555,7 @@ def test_password_blocklist_applies_after_normalisation() -> None:
 
 def test_password_has_no_composition_rules_by_default() -> None:
     for value in ("alllowercaseletters", "ALLUPPERCASELETTERS", "with spaces only here",
-                  "пароль-на-русском-языке", "🔑🔑🔑🔑🔑🔑🔑🔑🔑🔑🔑🔑"):
+                  "пароль-на-русском-языке", "🔑🐍🌵🎻🍄🌙🎲🧭🪁🦉🍋🎈"):
         assert load(Password(), value) == value
 
 
@@ -591,8 +595,10 @@ def test_password_min_score_with_zxcvbn() -> None:
     assert messages[0].startswith("Too easy to guess.")
     assert "Add another word or two." in messages[0]
     assert "correcthorse" not in messages[0]
-    assert errors(Password(min_score=1), "abcdefghijkl")[0].startswith("Too easy to guess.")
-    assert load(Password(min_score=0), "abcdefghijkl") == "abcdefghijkl"
+    # blocklist=False: the sequence check would refuse it before zxcvbn scores it.
+    sequence = Password(min_score=1, blocklist=False)
+    assert errors(sequence, "abcdefghijkl")[0].startswith("Too easy to guess.")
+    assert load(Password(min_score=0, blocklist=False), "abcdefghijkl") == "abcdefghijkl"
 
 
 def test_password_zxcvbn_only_sees_the_first_72_characters(
@@ -658,6 +664,264 @@ def test_password_refuses_non_strings(value: Any) -> None:
     messages = errors(Password(), value)
     assert messages[0] in {"Not a valid string.", "Field may not be null.",
                            "Not a valid utf-8 string."}
+
+
+# -- Password: repetitive and sequential characters (NIST SP 800-63B §5.1.1.2) ---------------
+
+PATTERN = ("This password is mostly repeated or sequential characters (such as aaaa, abcabc, "
+           "1234 or qwerty). Choose one that is harder to guess.")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("aaaaaaaaaaaaaaaa", id="one_character"),
+        pytest.param("AAAAaaaaAAAAaaaa", id="one_character_any_case"),
+        pytest.param("abcabcabcabc", id="short_unit"),
+        pytest.param("Zq" * 8, id="two_character_unit"),
+        pytest.param("x7#-" * 4, id="four_character_unit"),
+        pytest.param("🔑" * 12, id="emoji"),
+        pytest.param("Vq8#zL2!" + "a" * 16, id="run_after_a_short_start"),
+    ],
+)
+def test_password_refuses_repeated_characters(value: str) -> None:
+    messages = errors(Password(), value)
+    assert messages == [PATTERN]
+    assert_not_echoed(messages, value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("123456789012", id="digits_up"),
+        pytest.param("9876543210987", id="digits_down"),
+        pytest.param("7890123456789", id="digits_wrap_up"),
+        pytest.param("0987654321098", id="digits_wrap_down"),
+        pytest.param("abcdefghijklm", id="letters_up"),
+        pytest.param("ZYXWVUTSRQPO", id="letters_down_capitals"),
+        pytest.param("qwertyuiopasdf", id="top_row_then_home_row"),
+        pytest.param("poiuytrewqlkjh", id="top_row_down"),
+        pytest.param("asdfghjklzxcvbnm", id="home_and_bottom_rows"),
+        pytest.param("mnbvcxzlkjhgfdsa", id="bottom_and_home_rows_down"),
+        pytest.param("!@#$%^&*()xy", id="shifted_number_row"),
+        pytest.param("hello12345678", id="word_then_digits"),
+        pytest.param("aaaa1234qwerabcd", id="patterns_mixed"),
+        pytest.param("abcdabcdabcd", id="repeated_sequence"),
+    ],
+)
+def test_password_refuses_sequences(value: str) -> None:
+    messages = errors(Password(), value)
+    assert messages == [PATTERN]
+    assert_not_echoed(messages, value)
+
+
+GOOD_PASSPHRASES = [
+    PASSPHRASE,
+    "correct horse battery staple",
+    "Tr0ub4dor&3-plus-more",
+    "abc of gardening in 2024",
+    "my 2024 summer abcd trip!",
+    "tq7-Vexo-plum-Zr-1234",
+    "banana split sundae",
+    "Mississippi river boat",
+    "hahaha that was so funny",
+    "Xk9-vT2-pq4Z 1234567890",
+    "alllowercaseletters",
+    "пароль-на-русском-языке",
+    "🔑🐍🌵🎻 key snake cactus",
+    "Vq8#zL2!mR4$wK9x" * 8,
+]
+
+
+@pytest.mark.parametrize("value", GOOD_PASSPHRASES)
+def test_password_with_a_few_short_patterns_is_accepted(value: str) -> None:
+    assert load(Password(), value) == value
+
+
+def test_password_random_strings_are_accepted() -> None:
+    rng = random.Random(800_63)
+    alphabet = string.ascii_letters + string.digits + string.punctuation
+    for length in (12, 16, 24):
+        for _ in range(300):
+            value = "".join(rng.choice(alphabet) for _ in range(length))
+            assert load(Password(), value) == value
+    for _ in range(100):
+        value = "".join(rng.choice(string.digits) for _ in range(16))
+        assert load(Password(), value) == value
+
+
+def test_password_patterns_are_refused_only_when_the_rest_is_too_short() -> None:
+    # 15 of 28 characters are predictable (the a's after the first), but the other 13 make
+    # a password on their own.
+    assert load(Password(), "Vq8#zL2!mR4$" + "a" * 16) == "Vq8#zL2!mR4$" + "a" * 16
+    # The same run next to 11 unpredictable characters: fewer than min_length.
+    assert errors(Password(), "Vq8#zL2!mR" + "a" * 16) == [PATTERN]
+    assert load(Password(min_length=10), "Vq8#zL2!mR" + "a" * 16) == "Vq8#zL2!mR" + "a" * 16
+
+
+def test_password_pattern_check_goes_with_the_blocklist_switch() -> None:
+    # The login-form field, Password(min_length=1, blocklist=False), must keep accepting
+    # passwords chosen before this check existed.
+    login = Password(min_length=1, blocklist=False)
+    for value in ("aaaaaaaaaaaaaaaa", "123456789012", "qwertyuiopasdf"):
+        assert load(login, value) == value
+
+
+def test_password_on_the_blocklist_gets_only_the_common_message() -> None:
+    assert errors(Password(), "qwertyuiop12") == [
+        "This password is too common. Choose one that is harder to guess."
+    ]
+
+
+def test_password_reports_patterns_with_length_and_composition() -> None:
+    assert errors(Password(min_length=20, require_upper=True), "abcdefghijklmn") == [
+        "Must be at least 20 characters long.",
+        "Must contain an uppercase letter.",
+        PATTERN,
+    ]
+
+
+def test_password_pattern_check_is_fast() -> None:
+    rng = random.Random(5)
+    values = [
+        "a" * 128,
+        "ab" * 64,
+        "abcdefghijklmnopqrstuvwxyz" * 4 + "abcdefghijklmnopqrstuvwx",
+        "".join(rng.choice(string.printable[:94]) for _ in range(128)),
+        ("a" * 63 + "b") * 2,
+    ]
+    field = Password(blocklist=True)
+    schema = Schema.from_dict({"value": field})()
+    started = time.perf_counter()
+    for _ in range(40):
+        for value in values:
+            schema.validate({"value": value})
+    elapsed = time.perf_counter() - started
+    assert elapsed < 0.5, f"200 loads of 128 characters took {elapsed:.2f}s"
+
+
+# -- Password: context-specific words (NIST SP 800-63B §5.1.1.2) ------------------------------
+
+class SignUp(Schema):
+    username = fields.String()
+    email = fields.String()
+    password = Password(context_fields=("username", "email"))
+
+
+def personal(field: str) -> str:
+    return f"This password contains your {field}. Choose one that does not."
+
+
+def signup_errors(data: dict[str, Any]) -> dict[str, Any]:
+    with pytest.raises(ValidationError) as info:
+        SignUp().load(data)
+    messages = info.value.messages
+    assert isinstance(messages, dict)
+    return messages
+
+
+@pytest.mark.parametrize(
+    ("password", "expected"),
+    [
+        pytest.param("Alice-Liddell-rocks", ["username"], id="username"),
+        pytest.param("my-ALICE-liddell!!", ["username"], id="username_any_case"),
+        pytest.param("wonderland-w.rabbit-1865", ["email"], id="email_local_part"),
+        pytest.param("hi w.rabbit@example.org!", ["email"], id="whole_email"),
+        pytest.param("w.rabbit alice-liddell", ["username", "email"], id="both"),
+    ],
+)
+def test_password_refuses_the_users_own_name_or_email(password: str, expected: list[str]) -> None:
+    data = {"username": "alice-liddell", "email": "W.Rabbit@Example.org", "password": password}
+    messages = signup_errors(data)
+    assert messages == {"password": [personal(field) for field in expected]}
+    assert_not_echoed(messages["password"], password)
+    assert_not_echoed(messages["password"], "alice-liddell")
+
+
+def test_password_context_is_compared_after_normalisation() -> None:
+    fullwidth = "".join(chr(ord(c) + 0xFEE0) for c in "ALICE")
+    messages = signup_errors({"username": "alice", "password": f"tq7-{fullwidth}-plum"})
+    assert messages == {"password": [personal("username")]}
+
+
+def test_password_without_the_context_values_is_accepted() -> None:
+    data = {"username": "alice-liddell", "email": "w.rabbit@example.org", "password": PASSPHRASE}
+    assert SignUp().load(data)["password"] == PASSPHRASE
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param({"username": "al", "email": "jo@example.org"}, id="shorter_than_3"),
+        pytest.param({}, id="missing"),
+        pytest.param({"username": "", "email": "  "}, id="blank"),
+        pytest.param({"username": None}, id="null"),
+    ],
+)
+def test_password_context_ignores_short_missing_or_empty_values(data: dict[str, Any]) -> None:
+    password = "al-jo-tq7-Vexo-plum"
+    schema = Schema.from_dict({
+        "username": fields.String(allow_none=True),
+        "email": fields.String(),
+        "password": Password(context_fields=("username", "email")),
+    })()
+    assert schema.load({**data, "password": password})["password"] == password
+
+
+def test_password_context_ignores_values_that_are_not_strings() -> None:
+    messages = signup_errors({"username": ["alice"], "password": "alice-in-wonderland"})
+    assert messages == {"username": ["Not a valid string."]}
+
+
+def test_password_context_follows_the_fields_data_key() -> None:
+    schema = Schema.from_dict({
+        "user_name": fields.String(data_key="userName"),
+        "password": Password(context_fields=("user_name",)),
+    })()
+    with pytest.raises(ValidationError) as info:
+        schema.load({"userName": "dinah-the-cat", "password": "dinah-the-cat-1865"})
+    assert info.value.messages == {"password": [personal("userName")]}
+
+
+def test_password_context_is_reported_with_the_other_messages() -> None:
+    messages = signup_errors({"username": "alice", "password": "alice-x"})
+    assert messages == {"password": ["Must be at least 12 characters long.", personal("username")]}
+
+
+def test_password_context_check_runs_with_the_blocklist_off() -> None:
+    schema = Schema.from_dict({
+        "username": fields.String(),
+        "password": Password(blocklist=False, context_fields=("username",)),
+    })()
+    with pytest.raises(ValidationError) as info:
+        schema.load({"username": "alice", "password": "alice-in-wonderland"})
+    assert info.value.messages == {"password": [personal("username")]}
+
+
+def test_password_context_works_in_a_nested_schema() -> None:
+    outer = Schema.from_dict({"username": fields.String(), "account": fields.Nested(SignUp)})()
+    with pytest.raises(ValidationError) as info:
+        outer.load({"username": "outer-name", "account": {
+            "username": "alice", "password": "outer-name-alice"}})
+    assert info.value.messages == {"account": {"password": [personal("username")]}}
+
+
+def test_password_context_fields_must_name_fields_of_the_schema() -> None:
+    schema = Schema.from_dict({
+        "username": fields.String(),
+        "password": Password(context_fields=("usernme",)),
+    })()
+    with pytest.raises(ValueError, match="'usernme' is not a field of the schema"):
+        schema.load({"username": "alice", "password": PASSPHRASE})
+
+
+@pytest.mark.parametrize("context_fields", ["username", ("password",)])
+def test_password_context_fields_is_a_collection_of_other_fields(context_fields: Any) -> None:
+    with pytest.raises(ValueError, match="context_fields"):
+        Schema.from_dict({
+            "username": fields.String(),
+            "password": Password(context_fields=context_fields),
+        })().load({"username": "alice", "password": PASSPHRASE})
 
 
 # -- validators -----------------------------------------------------------------------------
