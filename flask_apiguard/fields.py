@@ -877,7 +877,7 @@ class Password(fields.String):
     def _context_in(self, password: str, data: Mapping[str, Any]) -> Iterator[str]:
         """The input keys of the :attr:`context_fields` whose value ``password`` contains."""
         folded = _fold(password)
-        for key in self._context_keys():
+        for key in self.context_keys():
             value = data.get(key)
             # NFKC shrinks a text at most _MAX_COMPOSITION-fold (and case folding only grows
             # it): a longer value cannot fit in the password, and is not normalised.
@@ -888,10 +888,14 @@ class Password(fields.String):
             if any(len(c) >= _MIN_CONTEXT and c in folded for c in candidates):
                 yield key
 
-    def _context_keys(self) -> list[str]:
+    def context_keys(self) -> list[str]:
         """The input keys (``data_key`` or name) of the :attr:`context_fields`, read from the
         schema this field belongs to (marshmallow's public ``Field.parent`` and
-        ``Schema.fields``)."""
+        ``Schema.fields``). ``@validate`` calls it when the view is declared, so a name that
+        is not a field of the schema fails at import time, not at the first request.
+
+        :raises ValueError: for a name that is not another field of the same schema.
+        """
         schema = self.parent
         if not isinstance(schema, Schema):
             raise ValueError(

@@ -753,3 +753,11 @@ def test_decorator_order_does_not_matter(make_app: Callable[..., Flask]) -> None
         assert post_json(client, path, {"bad": 1}, headers=user).status_code == 403
         assert post_json(client, path, {"bad": 1}, headers=admin).status_code == 400
         assert post_json(client, path, {"name": "a"}, headers=admin).get_json() == {"name": "a"}
+
+
+def test_a_password_context_field_that_is_not_in_the_schema_fails_when_declared() -> None:
+    # A misnamed context field was found only by the first load: a 500 on the first request.
+    from flask_apiguard.fields import Password
+
+    with pytest.raises(ValueError, match="'usernme' is not a field of the schema"):
+        validate({"username": fields.String(), "password": Password(context_fields=("usernme",))})

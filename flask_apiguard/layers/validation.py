@@ -9,6 +9,7 @@ from flask.wrappers import Request
 from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
 from ..errors import ValidationFailed
+from ..fields import Password
 
 _DETAIL = {
     "json": "The request body did not pass validation.",
@@ -37,6 +38,9 @@ def build_schema(schema: Any, location: str) -> tuple[Schema, frozenset[str]]:
             "@validate takes a marshmallow Schema class, a Schema instance or a dict of fields, "
             f"not {type(schema).__name__}."
         )
+    for field in instance.fields.values():
+        if isinstance(field, Password) and field.context_fields:
+            field.context_keys()  # a misnamed context field fails here, when declared
     list_fields = frozenset(
         field.data_key or name
         for name, field in instance.load_fields.items()
