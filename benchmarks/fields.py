@@ -1,5 +1,6 @@
-"""Sanitising cost: ``SanitizedHTML`` with bleach vs nh3, µs per 1 KB field, and a validated
-view's cost per request (the same JSON body with and without ``@validate``).
+"""Sanitising cost: ``SanitizedHTML`` with bleach vs nh3, µs per 1 KB field; ``Password``'s
+checks on a typical and a longest (128-character) password; and a validated view's cost per
+request (the same JSON body with and without ``@validate``).
 
 ``python benchmarks/fields.py`` (``--quick`` for the CI smoke check).
 """
@@ -16,9 +17,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from marshmallow import Schema
+from marshmallow import Schema, fields
 
-from flask_apiguard.fields import SanitizedHTML
+from flask_apiguard.fields import Password, SanitizedHTML
 
 #: About 1 KB of ordinary rich text with a few things to remove.
 HTML_1KB = (
@@ -55,9 +56,24 @@ def sanitizer_rows(iterations: int, repeats: int) -> list[tuple[str, float]]:
     return rows
 
 
+def password_rows(iterations: int, repeats: int) -> list[tuple[str, float]]:
+    """Blocklist, repeats and sequences, and the user's own name: the worst case is the
+    longest password made of patterns (every position starts a run to follow)."""
+    schema = Schema.from_dict({
+        "username": fields.String(),
+        "password": Password(context_fields=("username",)),
+    })()
+    rows = []
+    for label, password in (("16 characters", "Tr0ub4dor&3-plus"),
+                            ("128 characters of patterns", "abcdefghijklmnopqrstuvwxyz" * 4 + "a" * 24)):
+        data = {"username": "alice", "password": password}
+        rows.append((f"Password, {label}", per_call(lambda d=data: schema.validate(d),
+                                                    iterations, repeats)))
+    return rows
+
+
 def validated_rows(iterations: int, repeats: int) -> list[tuple[str, float]]:
     from flask import Flask, request
-    from marshmallow import fields
 
     from benchmarks.apps import BODY, SECRET, environ_for
     from flask_apiguard import ApiGuard, public, rate_limit_exempt, validate
@@ -107,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     iterations, repeats = (5, 1) if args.quick else (500, 5)
-    rows = sanitizer_rows(iterations, repeats) + validated_rows(iterations * 4, repeats)
+    rows = (sanitizer_rows(iterations, repeats) + password_rows(iterations, repeats)
+            + validated_rows(iterations * 4, repeats))
     print(f"# {iterations} calls x {repeats} repeats, median, {time.strftime('%Y-%m-%d')}")
     print("| what | µs per call |\n|---|---:|")
     for name, value in rows:
