@@ -22,6 +22,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import apps
+from flask_apiguard import ApiGuard
 
 
 @dataclass
@@ -55,7 +56,7 @@ def _ec_keys() -> tuple[str, str]:
 def _guard_row(**config: Any) -> tuple[Callable[..., Any], dict[str, Any], bytes]:
     app = apps.apiguard_app(**config)
     with app.app_context():
-        token = app.extensions["apiguard"].guard.issue_token("ada", roles=["admin"])
+        token = ApiGuard().issue_token("ada", roles=["admin"])
     return app, apps.environ_for(token), apps.BODY
 
 

@@ -12,6 +12,7 @@ from flask import Blueprint, abort, current_app, request
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from flask_apiguard import (
+    ApiGuard,
     current_identity,
     public,
     rate_limit,
@@ -35,8 +36,8 @@ def _dummy_hash(method: str) -> str:
     return generate_password_hash(secrets.token_urlsafe(16), method=method)
 
 
-def guard() -> Any:
-    return current_app.extensions["apiguard"].guard
+#: One extension object for every app ``create_app`` builds (its state lives on each app).
+guard = ApiGuard()
 
 
 @bp.get("/health")
@@ -57,7 +58,7 @@ def login(json_data: dict[str, Any]) -> Any:
     if not check_password_hash(stored, json_data["password"]) or user is None:
         abort(401, "Wrong username or password.")
     lifetime = current_app.config["APIGUARD_JWT_EXPIRES_IN"]
-    token = guard().issue_token(user["username"], roles=user["roles"], scopes=schemas.KEY_SCOPES)
+    token = guard.issue_token(user["username"], roles=user["roles"], scopes=schemas.KEY_SCOPES)
     # A token response must not be stored by caches (RFC 6749 section 5.1).
     return ({"access_token": token, "token_type": "Bearer", "expires_in": lifetime}, 200,
             {"Cache-Control": "no-store"})
@@ -67,7 +68,7 @@ def login(json_data: dict[str, Any]) -> Any:
 @require_jwt
 def logout() -> Any:
     header = request.headers["Authorization"]
-    guard().revoke_token(header.split(None, 1)[1].strip())
+    guard.revoke_token(header.split(None, 1)[1].strip())
     return "", 204
 
 
@@ -108,7 +109,7 @@ def create_user_view(json_data: dict[str, Any]) -> Any:
 @rate_limit("10/hour")
 @validate(schemas.CreateKey)
 def create_key(json_data: dict[str, Any]) -> Any:
-    plaintext, key = guard().api_keys.create(
+    plaintext, key = guard.api_keys.create(
         json_data["name"], scopes=json_data["scopes"], owner=current_identity.subject,
         expires_in=json_data["expires_days"] * 86400,
     )
@@ -119,17 +120,17 @@ def create_key(json_data: dict[str, Any]) -> Any:
 @bp.get("/keys")
 @require_jwt
 def list_keys() -> Any:
-    keys = guard().api_keys.list(owner=current_identity.subject)
+    keys = guard.api_keys.list(owner=current_identity.subject)
     return {"keys": [k.to_dict() for k in keys]}
 
 
 @bp.delete("/keys/<key_id>")
 @require_jwt
 def revoke_key(key_id: str) -> Any:
-    key = guard().api_keys.get(key_id)
+    key = guard.api_keys.get(key_id)
     if key is None or key.owner != current_identity.subject:
         abort(404, "No such key.")
-    guard().api_keys.revoke(key_id)
+    guard.api_keys.revoke(key_id)
     return "", 204
 
 

@@ -11,10 +11,8 @@ from typing import Any
 
 from flask import Flask
 
-from flask_apiguard import ApiGuard
-
 from . import db
-from .api import bp
+from .api import bp, guard
 
 #: What the example sets beyond flask-apiguard's own defaults.
 EXAMPLE_DEFAULTS: dict[str, Any] = {
@@ -72,6 +70,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         app.config["APIGUARD_JWT_SECRET"] = _jwt_secret(instance)
 
     db.init_app(app)
-    ApiGuard(app)
+    guard.init_app(app)
     app.register_blueprint(bp)
     return app

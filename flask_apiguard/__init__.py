@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from . import fields, signals
+from .context import current_identity
 from .errors import ApiGuardConfigError, ApiGuardError
 from .extension import ApiGuard
-from .identity import Identity, current_identity
+from .identity import Identity
 from .layers.apikeys import ApiKey
 from .policy import (
     public,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flask import Flask
 
-    from .extension import GuardState
+    from .state import GuardState
 
 SEVERITIES = ("high", "medium", "low")
 _WEAK_SECRETS = ("secret", "changeme", "password", "example", "default", "test", "12345")

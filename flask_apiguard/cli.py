@@ -13,7 +13,8 @@ from flask.cli import AppGroup
 
 from .audit import as_json, findings
 from .errors import ServiceUnavailable
-from .extension import Route, guard_state
+from .policy import Route
+from .state import guard_state
 
 apiguard_cli = AppGroup("apiguard", help="Audit and manage flask-apiguard.")
 #: OPTIONS never reaches a view (the guard answers it); HEAD is shown only where its policy
@@ -217,7 +218,7 @@ def token_command(subject: str, roles: tuple[str, ...], scopes: tuple[str, ...],
     """Print a signed token for SUBJECT (for development)."""
     state = guard_state(current_app)
     try:
-        token = state.guard.issue_token(subject, roles=roles, scopes=scopes, expires_in=expires_in)
+        token = state.jwt.issue(subject, roles=roles, scopes=scopes, expires_in=expires_in)
     except (RuntimeError, ValueError, TypeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(token)

@@ -1,4 +1,5 @@
-"""What a view declares: :class:`Policy`, and the decorators that record it.
+"""What a view declares (:class:`Policy`, and the decorators that record it), and what the
+pipeline enforces for one (endpoint, method): the :class:`Route` compiled from it.
 
 Decorators only record; ApiGuard's pipeline enforces. Their order on a view does not matter,
 they work on plain functions, blueprint views, ``View``/``MethodView`` classes and their
@@ -10,11 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from limits import RateLimitItem, parse_many
 
 from .errors import ApiGuardConfigError
+from .layers.ratelimit import CompiledLimit, compile_limits
+
+if TYPE_CHECKING:
+    from .config import GuardConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -37,10 +42,6 @@ class RateLimitSpec:
     count: str = "all"
     scope: str | None = None
     cost: int = 1
-
-    @property
-    def key_name(self) -> str:
-        return self.key if isinstance(self.key, str) else getattr(self.key, "__name__", "callable")
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,3 +384,77 @@ def view_methods(view_func: Callable[..., Any]) -> Mapping[str, Policy]:
     view_class = getattr(view_func, "view_class", None)
     methods = getattr(view_class, "methods", None) or ()
     return {m: declared_policy(view_func, m) for m in sorted(methods)}
+
+
+# -- what the pipeline enforces -----------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The compiled policy of one (endpoint, method): what the pipeline enforces."""
+
+    endpoint: str
+    public: bool
+    jwt: bool
+    api_key: bool
+    required: bool
+    role_rules: tuple[tuple[frozenset[str], str], ...]
+    scope_rules: tuple[frozenset[str], ...]
+    api_key_scopes: frozenset[str]
+    limits: tuple[CompiledLimit, ...]
+    validations: tuple[ValidationSpec, ...]
+    accepts_form: bool
+    list_query_fields: frozenset[str]
+    declared: Policy
+    #: The view function it was compiled for: a replaced view is compiled anew.
+    view: Callable[..., Any]
+
+
+#: The order ``@validate`` locations are loaded in (the cheapest first, the body last).
+_LOAD_ORDER = ("path", "headers", "query", "form", "json")
+
+
+def compile_route(endpoint: str, method: str, view: Callable[..., Any], config: GuardConfig,
+                  rule_arguments: Iterable[str]) -> Route:
+    """The :class:`Route` of ``view`` serving ``method`` at ``endpoint``, under ``config``.
+
+    :param rule_arguments: the names of the endpoint's URL rule arguments (a ``@validate``
+        argument may not reuse one).
+    :raises ApiGuardConfigError: when a ``@validate`` argument name is a URL rule argument.
+    """
+    declared = declared_policy(view, method)
+    public = declared.public or (
+        endpoint in config.public_endpoints and not declared.needs_identity
+    )
+    methods = declared.methods or {"jwt", "api_key"}
+    # Fail closed: roles and scopes (part of needs_identity) demand an authenticated caller
+    # whatever an optional=True at another level (class, view, method) says.
+    required = not public and (
+        (config.default_deny and not declared.optional) or declared.needs_identity
+    )
+    arguments = set(rule_arguments)
+    for spec in declared.validations.values():
+        if spec.arg_name in arguments:
+            raise ApiGuardConfigError(
+                f"@validate on {endpoint!r}: the URL rule already has an argument named "
+                f"{spec.arg_name!r}; pass arg_name= to name the loaded data differently."
+            )
+    query_spec = declared.validations.get("query")
+    return Route(
+        endpoint=endpoint,
+        public=public,
+        jwt=not public and "jwt" in methods,
+        api_key=not public and "api_key" in methods,
+        required=required,
+        role_rules=tuple(declared.role_rules),
+        scope_rules=tuple(declared.scope_rules),
+        api_key_scopes=declared.api_key_scopes,
+        limits=() if declared.rate_limit_exempt else compile_limits(
+            declared.rate_limits, endpoint, config.ratelimit_default
+        ),
+        validations=tuple(declared.validations[loc] for loc in _LOAD_ORDER
+                          if loc in declared.validations),
+        accepts_form="form" in declared.validations,
+        list_query_fields=query_spec.list_fields if query_spec else frozenset(),
+        declared=declared,
+        view=view,
+    )

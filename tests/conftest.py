@@ -89,7 +89,7 @@ def client(app: Flask) -> FlaskClient:
 
 def token_for(app: Flask, subject: str = "alice", **kwargs: Any) -> str:
     with app.app_context():
-        token: str = app.extensions["apiguard"].guard.issue_token(subject, **kwargs)
+        token: str = ApiGuard().issue_token(subject, **kwargs)
         return token
 
 

@@ -63,7 +63,7 @@ def key_app(make_app: Callable[..., Flask], **config: Any) -> Flask:
 
 def create(app: Flask, name: str = "ci", **kwargs: Any) -> tuple[str, ApiKey]:
     with app.app_context():
-        plaintext, key = app.extensions["apiguard"].guard.api_keys.create(name, **kwargs)
+        plaintext, key = ApiGuard().api_keys.create(name, **kwargs)
         return plaintext, key
 
 
@@ -301,7 +301,7 @@ def test_sqlite_store_absolute_path_survives_a_restart(make_app: Any, tmp_path: 
     assert body["subject"] == "ops"
     assert store(restarted).get(key.key_id) == key
     with restarted.app_context():
-        restarted.extensions["apiguard"].guard.api_keys.revoke(key.key_id)
+        ApiGuard().api_keys.revoke(key.key_id)
     assert_invalid_key(call(app, plaintext))
 
 
@@ -349,7 +349,7 @@ def test_sqlite_store_shared_with_other_processes(make_app: Any, tmp_path: Path)
     app = key_app(make_app, APIGUARD_API_KEY_STORE=uri)
     made = [create(app, f"k{n}") for n in range(3)]
     with app.app_context():
-        app.extensions["apiguard"].guard.api_keys.revoke(made[2][1].key_id)
+        ApiGuard().api_keys.revoke(made[2][1].key_id)
     plaintexts = [p for p, _ in made] + [made[0][0][:-1] + "x"]
     expected = [(200, made[0][1].key_id), (200, made[1][1].key_id),
                 (401, "invalid_api_key"), (401, "invalid_api_key")]
@@ -373,7 +373,7 @@ def test_redis_store_is_shared_between_apps(make_app: Any, redis_url: str) -> No
     assert store(app_b).get(key.key_id) == key
     assert [k.key_id for k in store(app_b).list()] == [key.key_id]
     with app_b.app_context():
-        assert app_b.extensions["apiguard"].guard.api_keys.revoke(key.key_id) is True
+        assert ApiGuard().api_keys.revoke(key.key_id) is True
     assert_invalid_key(call(app_a, plaintext))
     assert store(app_a).get(key.key_id).revoked is True
 

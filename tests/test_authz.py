@@ -121,7 +121,7 @@ def get(app: Flask, path: str, token: str | None = None, key: str | None = None)
 
 def api_key(app: Flask, **kwargs: Any) -> str:
     with app.app_context():
-        plaintext: str = app.extensions["apiguard"].guard.api_keys.create("k", **kwargs)[0]
+        plaintext: str = ApiGuard().api_keys.create("k", **kwargs)[0]
         return plaintext
 
 

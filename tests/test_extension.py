@@ -9,7 +9,7 @@ from flask import Blueprint, Flask, request
 from flask.views import MethodView, View
 
 from flask_apiguard import ApiGuard, ApiGuardConfigError, current_identity, public, require_jwt, roles
-from flask_apiguard.extension import GuardState
+from flask_apiguard.state import GuardState
 
 from .conftest import SECRET, HttpsClient, base_config, bearer, problem, token_for
 
@@ -31,7 +31,8 @@ def test_factory_pattern_and_second_init_raises(tmp_path: Any) -> None:
 
 
 def test_the_guard_keeps_no_app(make_app: Any) -> None:
-    guard = make_app().extensions["apiguard"].guard
+    guard = ApiGuard()
+    guard.init_app(make_app(init=False))
     assert not any(isinstance(v, Flask) for v in vars(guard).values())
 
 

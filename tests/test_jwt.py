@@ -99,7 +99,7 @@ def whoami(app: Flask, token: str, path: str = "/me") -> Any:
 
 def revoke(app: Flask, token_or_jti: str) -> None:
     with app.app_context():
-        app.extensions["apiguard"].guard.revoke_token(token_or_jti)
+        ApiGuard().revoke_token(token_or_jti)
 
 
 def unverified(token: str) -> dict[str, Any]:
@@ -154,7 +154,7 @@ def test_public_key_only_config_verifies_tokens_signed_elsewhere(make_app: Any, 
     assert response.status_code == 200
     assert response.get_json()["subject"] == "svc"
     with app.app_context(), pytest.raises(RuntimeError, match="signing key"):
-        app.extensions["apiguard"].guard.issue_token("alice")
+        ApiGuard().issue_token("alice")
 
 
 def test_private_key_alone_signs_and_verifies(make_app: Any, ec_key: Any) -> None:
@@ -234,7 +234,7 @@ def check_jwks_app(app: Flask, rsa_key: Any, other_rsa_key: Any, ec_key: Any) ->
     refused(whoami(app, sign(claims(), ec_key, "ES256", headers={"kid": "enc"})), "invalid_token")
     # a public JWKS verifies only: nothing to sign with
     with app.app_context(), pytest.raises(RuntimeError, match="signing key"):
-        app.extensions["apiguard"].guard.issue_token("alice")
+        ApiGuard().issue_token("alice")
 
 
 def test_rotation_with_a_jwks_dict(make_app: Any, rsa_key: Any, other_rsa_key: Any,
@@ -516,7 +516,7 @@ def test_issue_token_lifetime(make_app: Any) -> None:
 def test_issue_token_refuses_reserved_claims_and_bad_arguments(make_app: Any) -> None:
     app = jwt_app(make_app)
     with app.app_context():
-        guard = app.extensions["apiguard"].guard
+        guard = ApiGuard()
         for reserved in ({"exp": 1}, {"iat": 1}, {"nbf": 1}, {"sub": "x"}, {"jti": "x"},
                          {"iss": "me"}, {"aud": "you"}, {"scope": "all"}):
             with pytest.raises(TypeError):
@@ -563,7 +563,7 @@ def test_revoke_token_raises_when_revocation_is_off(make_app: Any) -> None:
 def test_revoke_token_refuses_a_foreign_token(make_app: Any) -> None:
     app = jwt_app(make_app, APIGUARD_JWT_REVOCATION=True)
     with app.app_context(), pytest.raises(ValueError):
-        app.extensions["apiguard"].guard.revoke_token(sign(claims(), OTHER_SECRET))
+        ApiGuard().revoke_token(sign(claims(), OTHER_SECRET))
 
 
 @pytest.mark.redis

@@ -293,7 +293,7 @@ def test_ip_key_is_shared_by_subjects_on_one_ip(app: Flask, client: FlaskClient)
 
 def test_api_key_key_gives_each_key_its_budget(app: Flask, client: FlaskClient) -> None:
     with app.app_context():
-        keys = app.extensions["apiguard"].guard.api_keys
+        keys = ApiGuard().api_keys
         first, _ = keys.create("first", owner="acme")
         second, _ = keys.create("second", owner="acme")
     assert statuses(client, "/by-key", 3, headers={"X-API-Key": first}) == [200, 200, 429]

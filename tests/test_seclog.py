@@ -170,7 +170,7 @@ def _bad_tokens(client: Any, app: Flask) -> Any:
 def _revoked(client: Any, app: Flask) -> Any:
     token = token_for(app)
     with app.app_context():
-        app.extensions["apiguard"].guard.revoke_token(token)
+        ApiGuard().revoke_token(token)
     return client.get("/private", headers=bearer(token))
 
 

@@ -23,7 +23,7 @@ import redis
 from flask import Flask, request
 
 from flask_apiguard import ApiGuard, ApiGuardConfigError, public, rate_limit
-from flask_apiguard.extension import guard_state
+from flask_apiguard.state import guard_state
 
 from .conftest import IN_CI, HttpsClient, base_config, free_port, problem
 

@@ -628,7 +628,7 @@ def test_validation_after_api_key_authentication(make_app: Callable[..., Flask])
 
     ApiGuard(app)
     with app.app_context():
-        plaintext, _ = app.extensions["apiguard"].guard.api_keys.create(
+        plaintext, _ = ApiGuard().api_keys.create(
             "ci", scopes=["reports:read"])
     client = app.test_client()
     assert client.get("/reports?year=x").status_code == 401

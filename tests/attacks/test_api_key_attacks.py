@@ -37,7 +37,7 @@ def app(make_app: Callable[..., Flask]) -> Flask:
 
 def create(app: Flask, **kwargs: Any) -> tuple[str, ApiKey]:
     with app.app_context():
-        plaintext, key = app.extensions["apiguard"].guard.api_keys.create("k", **kwargs)
+        plaintext, key = ApiGuard().api_keys.create("k", **kwargs)
         return plaintext, key
 
 
@@ -87,7 +87,7 @@ def test_api_key_enumeration_revoked_and_expired_share_the_error(app: Flask) -> 
     revoked, revoked_key = create(app)
     expired, _ = create(app, expires_in=0.2)
     with app.app_context():
-        app.extensions["apiguard"].guard.api_keys.revoke(revoked_key.key_id)
+        ApiGuard().api_keys.revoke(revoked_key.key_id)
     time.sleep(0.3)
     unknown = send(app, f"agk_{secrets.token_hex(8)}_{secrets.token_hex(32)}")
     for response, candidate in ((send(app, revoked), revoked), (send(app, expired), expired)):
@@ -99,7 +99,7 @@ def test_revoked_api_key_is_refused(app: Flask) -> None:
     plaintext, key = create(app)
     assert send(app, plaintext).get_json()["key_id"] == key.key_id
     with app.app_context():
-        assert app.extensions["apiguard"].guard.api_keys.revoke(key.key_id) is True
+        assert ApiGuard().api_keys.revoke(key.key_id) is True
     refused_key(send(app, plaintext), plaintext)
 
 
@@ -189,7 +189,7 @@ def test_sql_injection_shaped_key_ids_are_refused(make_app: Any, store_uri: str)
                           f"agk_{key.key_id}{key_id}_{secret}"):
             refused_key(send(app, candidate), candidate)
     with app.app_context():
-        keys = app.extensions["apiguard"].guard.api_keys
+        keys = ApiGuard().api_keys
         assert keys.verify(f"agk_{SQL_IDS[0]}_{secret}") is None
         assert keys.get(SQL_IDS[0]) is None
         assert keys.revoke(SQL_IDS[0]) is False
