@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .errors import error_code_for
 from .signals import BY_NAME
@@ -26,6 +26,8 @@ from .signals import BY_NAME
 if TYPE_CHECKING:
     from flask import Flask
     from werkzeug.wrappers import Request
+
+    from .context import RequestState
 
 logger = logging.getLogger("flask_apiguard.security")
 logger.addHandler(logging.NullHandler())
@@ -46,7 +48,7 @@ class SecurityLog:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
 
-    def record(self, app: Flask, req: Request, current: Any, status: int) -> None:
+    def record(self, app: Flask, req: Request, current: RequestState, status: int) -> None:
         error = current.error
         event = error.error if error is not None else error_code_for(status)
         identity = current.identity
