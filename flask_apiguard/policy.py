@@ -112,7 +112,8 @@ class Policy:
         return merged
 
 
-def _name(target: Any) -> str:
+def _view_name(target: Any) -> str:
+    """How a view is named in an error message: its qualified name."""
     return str(getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target)))
 
 
@@ -141,7 +142,7 @@ def _record(target: T, policy: Policy) -> T:
 
 
 def _check(policy: Policy, target: Any) -> None:
-    name = _name(target)
+    name = _view_name(target)
     if policy.public and (policy.needs_identity or policy.methods or policy.optional):
         raise TypeError(
             f"{name}: @public cannot be combined with @require_jwt, @require_api_key, @roles "
@@ -203,7 +204,7 @@ def require_api_key(view: Any = None, /, *, scopes: Iterable[str] = ()) -> Any:
 
     Stacked with ``@require_jwt``, either credential is accepted.
     """
-    wanted = frozenset(_names("require_api_key", scopes))
+    wanted = frozenset(_checked_names("require_api_key", scopes))
 
     def record(target: F) -> F:
         policy = _editable(target)
@@ -218,7 +219,7 @@ def roles(*names: str, require: str = "any") -> Callable[[F], F]:
     """Require any (or with ``require="all"``, all) of the role ``names``; implies authentication."""
     if require not in ("any", "all"):
         raise TypeError(f'@roles(require=...) must be "any" or "all", not {require!r}.')
-    wanted = frozenset(_names("roles", names))
+    wanted = frozenset(_checked_names("roles", names))
     if not wanted:
         raise TypeError("@roles needs at least one role name.")
 
@@ -232,7 +233,7 @@ def roles(*names: str, require: str = "any") -> Callable[[F], F]:
 
 def scopes(*names: str) -> Callable[[F], F]:
     """Require all the scope ``names`` (API key scopes or the JWT ``scope`` claim)."""
-    wanted = frozenset(_names("scopes", names))
+    wanted = frozenset(_checked_names("scopes", names))
     if not wanted:
         raise TypeError("@scopes needs at least one scope name.")
 
@@ -324,16 +325,17 @@ def validate(schema: Any, location: str = "json", arg_name: str | None = None) -
             )
         policy = _editable(view)
         if location in policy.validations:
-            raise TypeError(f"{_name(view)}: @validate(location={location!r}) is declared twice.")
+            raise TypeError(f"{_view_name(view)}: @validate(location={location!r}) is declared twice.")
         if any(v.arg_name == name for v in policy.validations.values()):
-            raise TypeError(f"{_name(view)}: two @validate use the argument name {name!r}.")
+            raise TypeError(f"{_view_name(view)}: two @validate use the argument name {name!r}.")
         policy.validations[location] = spec
         return _record(view, policy)
 
     return record
 
 
-def _names(decorator: str, names: Iterable[str]) -> list[str]:
+def _checked_names(decorator: str, names: Iterable[str]) -> list[str]:
+    """The role or scope ``names`` given to ``@decorator``, each a non-empty string."""
     if isinstance(names, str):
         names = [names]
     out = list(names)

@@ -25,6 +25,7 @@ from ..errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from . import NO_BODY
 
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 #: A JSON string, or an unterminated one up to the end: every match ends where the scan goes on,
@@ -164,9 +165,9 @@ class BodyGuard:
     # -- step 10 ------------------------------------------------------------------------------
     def check_body(self, request: Request, accepts_form: bool, length: int | None) -> Any:
         """Check the body (``length`` as :meth:`check_size` returned it); return the parsed
-        JSON document, or ``...`` when there is none."""
+        JSON document, or :data:`NO_BODY` when there is none (or it is a form)."""
         if length == 0 or (length is None and not getattr(request, "_cached_data", None)):
-            return ...  # no body (a streamed one was read, and cached, at step 6)
+            return NO_BODY  # no body (a streamed one was read, and cached, at step 6)
         # the common case without parsing the header: exactly "application/json"
         if request.environ.get("CONTENT_TYPE") == "application/json" \
                 or is_json_type(request.mimetype):
@@ -174,11 +175,11 @@ class BodyGuard:
         mimetype = request.mimetype
         if accepts_form and mimetype in FORM_TYPES:
             self._read(request, form=True)
-            return ...
+            return NO_BODY
         if self.json_only:
             expected = "application/json or a form" if accepts_form else "application/json"
             raise UnsupportedMediaType(f"The request body must be {expected}.")
-        return ...
+        return NO_BODY
 
     def _read(self, request: Request, length: int | None = None, *, form: bool = False) -> bytes:
         try:
@@ -204,7 +205,7 @@ class BodyGuard:
     def _parse_json(self, request: Request, length: int | None) -> Any:
         data = self._read(request, length)
         if not data:
-            return ...
+            return NO_BODY
         try:
             # JSON between systems is UTF-8 (RFC 8259 section 8.1). Decoding strictly first
             # refuses UTF-16/32 bodies (whose escapes would hide a "$" from the byte checks

@@ -10,6 +10,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
 from ..errors import ValidationFailed
 from ..fields import Password
+from . import NO_BODY
 
 _DETAIL = {
     "json": "The request body did not pass validation.",
@@ -65,7 +66,7 @@ def collect(request: Request, location: str, schema: Schema, list_fields: frozen
             document: Any) -> Any:
     """The raw data of ``location`` as a plain mapping for ``schema.load``."""
     if location == "json":
-        return {} if document is ... else document
+        return {} if document is NO_BODY else document
     if location == "query":
         return _multi(request.args, list_fields)
     if location == "form":
