@@ -1,7 +1,8 @@
 """Sphinx configuration of the flask-apiguard documentation.
 
 Build it with ``make docs`` (``sphinx-build -W --keep-going -q -b html docs docs/_build/html``).
-Only Sphinx's own extensions and its built-in theme are used: the build needs no network.
+Sphinx's own extensions, its built-in theme and myst-parser (for the changelog) are used:
+the build needs no network.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ version = ".".join(release.split(".")[:2])
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.viewcode",
+    "myst_parser",  # renders CHANGELOG.md in changelog.rst
 ]
 root_doc = "index"
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
