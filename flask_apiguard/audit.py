@@ -27,6 +27,7 @@ _PROXY_PLATFORMS = {
     "RAILWAY_ENVIRONMENT": "Railway",
     "WEBSITE_SITE_NAME": "Azure App Service",
 }
+_WORKERS_ARG = re.compile(r"(?:^|\s)(?:-w\s*|--workers(?:\s+|=))(\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,14 +41,26 @@ class Finding:
         return asdict(self)
 
 
-def _several_workers() -> bool:
-    """True when this process is likely one of several serving the app."""
-    server = os.environ.get("SERVER_SOFTWARE", "").lower()
-    concurrency = os.environ.get("WEB_CONCURRENCY", "1")
-    return (
-        "gunicorn" in server or "gunicorn" in sys.modules or "uwsgi" in sys.modules
-        or (concurrency.isdigit() and int(concurrency) > 1)
-    )
+def _several_workers() -> str | None:
+    """Why this process is likely one of several serving the app, or ``None``.
+
+    A worker count in ``GUNICORN_CMD_ARGS`` decides (only gunicorn's command line outranks it);
+    otherwise ``WEB_CONCURRENCY`` or ``UWSGI_PROCESSES`` above 1, or running under gunicorn or
+    uWSGI at all (their configuration file may set the count; one worker is rare in production).
+    """
+    workers = _WORKERS_ARG.search(os.environ.get("GUNICORN_CMD_ARGS", ""))
+    if workers:
+        count = int(workers.group(1))
+        return f"GUNICORN_CMD_ARGS asks for {count} workers" if count > 1 else None
+    for variable in ("WEB_CONCURRENCY", "UWSGI_PROCESSES"):
+        value = os.environ.get(variable, "").strip()
+        if value.isdigit() and int(value) > 1:
+            return f"{variable} is {value}"
+    if "gunicorn" in os.environ.get("SERVER_SOFTWARE", "").lower() or "gunicorn" in sys.modules:
+        return "this runs under gunicorn"
+    if "uwsgi" in sys.modules:
+        return "this runs under uWSGI"
+    return None
 
 
 def _hmac_secrets(state: GuardState) -> list[tuple[str, bytes]]:
@@ -137,12 +150,13 @@ def findings(app: Flask, state: GuardState) -> list[Finding]:
     found.extend(_secret_findings(app, state))
     if config.jwt_revocation and state.shared.is_memory:
         add(Finding("revocation-in-memory", "high" if several else "medium", "APIGUARD_STORAGE_URI",
-                    "Revoked tokens are kept in this process's memory: other workers still accept "
-                    "them and a restart forgets them. Use APIGUARD_STORAGE_URI = 'redis://…'."))
+                    "Revoked tokens are kept in this process's memory: other workers"
+                    f"{f' ({several})' if several else ''} still accept them and a restart "
+                    "forgets them. Use APIGUARD_STORAGE_URI = 'redis://…'."))
     elif state.shared.is_memory and several:
         add(Finding("memory-storage-several-workers", "medium", "APIGUARD_STORAGE_URI",
-                    "Rate-limit and auth-failure counters are per process, so N workers allow N "
-                    "times the limit. Use APIGUARD_STORAGE_URI = 'redis://…'."))
+                    f"Rate-limit and auth-failure counters are per process and {several}, so N "
+                    "workers allow N times the limit. Use APIGUARD_STORAGE_URI = 'redis://…'."))
     found.extend(_cors_findings(config.cors_origins))
     if config.hsts is None:
         add(Finding("hsts-off", "medium", "APIGUARD_HSTS",

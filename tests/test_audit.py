@@ -16,7 +16,8 @@ from flask_apiguard.audit import Finding, findings
 from .conftest import SECRET, bearer, token_for
 
 ENVIRONMENT = ("FLASK_DEBUG", "SERVER_SOFTWARE", "WEB_CONCURRENCY", "DYNO", "K_SERVICE",
-               "FLY_APP_NAME", "RENDER", "RAILWAY_ENVIRONMENT", "WEBSITE_SITE_NAME")
+               "FLY_APP_NAME", "RENDER", "RAILWAY_ENVIRONMENT", "WEBSITE_SITE_NAME",
+               "GUNICORN_CMD_ARGS", "UWSGI_PROCESSES")
 #: Nothing for the audit to say about this configuration.
 HARDENED = {"APIGUARD_API_KEY_STORE": "sqlite:///keys.sqlite3",
             "APIGUARD_TRUSTED_HOSTS": ["localhost"]}
@@ -148,6 +149,32 @@ def test_several_workers(make_app: Any, monkeypatch: pytest.MonkeyPatch, variabl
 
 def test_one_web_worker_is_not_several(make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WEB_CONCURRENCY", "1")
+    assert audit(hardened(make_app)) == []
+
+
+# Workers started through GUNICORN_CMD_ARGS or uWSGI's environment went unnoticed.
+@pytest.mark.parametrize(("variable", "value", "why"), [
+    ("GUNICORN_CMD_ARGS", "--bind 0.0.0.0:8000 --workers 4", "GUNICORN_CMD_ARGS asks for 4 workers"),
+    ("GUNICORN_CMD_ARGS", "-w3 --threads 2", "GUNICORN_CMD_ARGS asks for 3 workers"),
+    ("GUNICORN_CMD_ARGS", "--workers=2", "GUNICORN_CMD_ARGS asks for 2 workers"),
+    ("UWSGI_PROCESSES", "8", "UWSGI_PROCESSES is 8"),
+    ("WEB_CONCURRENCY", "4", "WEB_CONCURRENCY is 4"),
+    ("SERVER_SOFTWARE", "gunicorn/22.0.0", "this runs under gunicorn"),
+])
+def test_memory_storage_under_several_workers_says_why(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, why: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    [finding] = audit(hardened(make_app))
+    assert (finding.id, finding.severity) == ("memory-storage-several-workers", "medium")
+    assert why in finding.message
+
+
+def test_one_gunicorn_worker_named_in_its_arguments_is_not_several(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SERVER_SOFTWARE", "gunicorn/22.0.0")
+    monkeypatch.setenv("GUNICORN_CMD_ARGS", "--workers 1 --threads 8")
     assert audit(hardened(make_app)) == []
 
 
