@@ -9,7 +9,9 @@ import os
 import re
 import sys
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+
+from .storage import redacted
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -102,6 +104,62 @@ def _secret_findings(app: Flask, state: GuardState) -> list[Finding]:
     return found
 
 
+_PERSISTENCE_FIX = ("Run it with the append-only file on (appendonly yes, appendfsync everysec; "
+                    "see the deployment guide).")
+
+
+def _revocation_persistence(state: GuardState) -> Finding | None:
+    """Whether the Redis that holds the token denylist keeps it through a restart.
+
+    Asks Redis: ``INFO persistence`` (``aof_enabled``) and, for the message, ``CONFIG GET save``
+    (RDB snapshots), which managed services often refuse. An unreachable server or a refused
+    ``INFO`` gives a low "could not verify" finding; the audit never fails because of Redis.
+    """
+    shared = state.shared
+    where = redacted(shared.uri)
+    try:
+        client = cast(Any, shared.primary.storage).get_connection()
+        # A cluster answers INFO from one node unless asked for every primary.
+        cluster = {"target_nodes": "primaries"} if hasattr(client, "get_primaries") else {}
+        info = client.info("persistence", **cluster)
+    except Exception as exc:  # unreachable, INFO refused by an ACL, a cluster still down...
+        return Finding(
+            "revocation-persistence-unverified", "low", "APIGUARD_STORAGE_URI",
+            f"Could not ask the Redis at {where} whether it keeps revoked tokens through a "
+            f"restart ({type(exc).__name__}); without persistence a restart brings every revoked "
+            f"token back until it expires. {_PERSISTENCE_FIX}",
+        )
+    nodes = [info] if "aof_enabled" in info else [v for v in info.values() if isinstance(v, dict)]
+    if nodes and all(str(node.get("aof_enabled")) == "1" for node in nodes):
+        return None
+    if not nodes:
+        return Finding(
+            "revocation-persistence-unverified", "low", "APIGUARD_STORAGE_URI",
+            f"The Redis at {where} did not report its persistence settings. {_PERSISTENCE_FIX}",
+        )
+    try:
+        answer = client.config_get("save")
+        replies = [answer] if "save" in answer else [v for v in answer.values() if isinstance(v, dict)]
+        saves: set[str] | None = {str(reply.get("save", "")) for reply in replies}
+    except Exception:  # CONFIG is often disabled on managed Redis: only the wording changes
+        saves = None
+    if saves is None:
+        how = ("its snapshot schedule could not be read (CONFIG GET refused), and snapshots alone "
+               "miss every revocation made since the last one")
+    elif saves - {""}:
+        how = (f"its snapshots (save {sorted(saves - {''})[0]!r}) miss every revocation made since "
+               "the last one")
+    else:
+        how = 'it keeps nothing on disk (save "")'
+    return Finding(
+        "revocation-not-durable", "medium", "APIGUARD_STORAGE_URI",
+        f"The Redis at {where} holds the revoked-token denylist without an append-only file "
+        f"(appendonly no); {how}. After a restart, revoked and logged-out tokens are accepted "
+        f"again until they expire. {_PERSISTENCE_FIX} On a managed Redis that cannot turn it on, "
+        "keep token lifetimes short (APIGUARD_JWT_EXPIRES_IN).",
+    )
+
+
 def _cors_findings(origins: tuple[str, ...]) -> list[Finding]:
     found: list[Finding] = []
     for origin in origins:
@@ -157,6 +215,10 @@ def findings(app: Flask, state: GuardState) -> list[Finding]:
         add(Finding("memory-storage-several-workers", "medium", "APIGUARD_STORAGE_URI",
                     f"Rate-limit and auth-failure counters are per process and {several}, so N "
                     "workers allow N times the limit. Use APIGUARD_STORAGE_URI = 'redis://…'."))
+    elif config.jwt_revocation:
+        durable = _revocation_persistence(state)
+        if durable is not None:
+            add(durable)
     found.extend(_cors_findings(config.cors_origins))
     if config.hsts is None:
         add(Finding("hsts-off", "medium", "APIGUARD_HSTS",

@@ -13,7 +13,7 @@ from flask import Flask
 from flask_apiguard import ApiGuard
 from flask_apiguard.audit import Finding, findings
 
-from .conftest import SECRET, bearer, token_for
+from .conftest import SECRET, PrivateRedis, bearer, token_for
 
 ENVIRONMENT = ("FLASK_DEBUG", "SERVER_SOFTWARE", "WEB_CONCURRENCY", "DYNO", "K_SERVICE",
                "FLY_APP_NAME", "RENDER", "RAILWAY_ENVIRONMENT", "WEBSITE_SITE_NAME",
@@ -277,3 +277,89 @@ def test_hardened_startup_is_quiet(make_app: Any, caplog: pytest.LogCaptureFixtu
     assert {f.severity for f in audit(app)} == {"low"}
     assert startup_warnings(caplog, app.logger.name) == []
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# -- the denylist's Redis keeps revoked tokens through a restart -------------------------------
+# A Redis without persistence brought every revoked token back after a restart (a logged-out
+# token answered 200 after kill -9), and `check` said nothing about it.
+
+def denylist_on(make_app: Any, url: str, **config: Any) -> Flask:
+    return hardened(make_app, APIGUARD_STORAGE_URI=url, APIGUARD_JWT_REVOCATION=True, **config)
+
+
+def redis_client(url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=2)
+
+
+@pytest.fixture
+def redis_in_tmp(private_redis: PrivateRedis, tmp_path: Any,
+                 monkeypatch: pytest.MonkeyPatch) -> PrivateRedis:
+    """The private Redis restarted in ``tmp_path``, where its AOF and snapshots go (``dir`` is
+    a protected setting that CONFIG SET refuses)."""
+    monkeypatch.chdir(tmp_path)
+    private_redis.stop()
+    private_redis.start()
+    return private_redis
+
+
+def test_a_denylist_on_redis_without_persistence_is_reported(make_app: Any,
+                                                             private_redis: PrivateRedis) -> None:
+    [finding] = audit(denylist_on(make_app, private_redis.url))
+    assert (finding.id, finding.severity, finding.key) == \
+        ("revocation-not-durable", "medium", "APIGUARD_STORAGE_URI")
+    assert "appendonly yes" in finding.message and 'save ""' in finding.message
+
+
+def test_a_denylist_on_redis_with_snapshots_only_is_reported(make_app: Any,
+                                                            redis_in_tmp: PrivateRedis) -> None:
+    redis_client(redis_in_tmp.url).config_set("save", "3600 1 300 100")
+    [finding] = audit(denylist_on(make_app, redis_in_tmp.url))
+    assert finding.id == "revocation-not-durable"
+    assert "3600 1 300 100" in finding.message and "snapshot" in finding.message
+
+
+def test_a_denylist_on_redis_with_an_append_only_file_is_fine(make_app: Any,
+                                                              redis_in_tmp: PrivateRedis) -> None:
+    redis_client(redis_in_tmp.url).config_set("appendonly", "yes")
+    assert audit(denylist_on(make_app, redis_in_tmp.url)) == []
+
+
+def test_redis_without_persistence_matters_only_for_the_denylist(
+    make_app: Any, private_redis: PrivateRedis
+) -> None:
+    assert audit(hardened(make_app, APIGUARD_STORAGE_URI=private_redis.url)) == []
+
+
+def test_a_refused_config_get_still_reports_the_missing_append_only_file(
+    make_app: Any, private_redis: PrivateRedis
+) -> None:
+    # As on managed Redis, where CONFIG is disabled: INFO alone shows that AOF is off.
+    redis_client(private_redis.url).acl_setuser(
+        "app", enabled=True, passwords=["+app-password-0123456789"], keys=["*"], channels=["*"],
+        commands=["+@all", "-config"])
+    url = f"redis://app:app-password-0123456789@127.0.0.1:{private_redis.port}/0"
+    [finding] = audit(denylist_on(make_app, url))
+    assert (finding.id, finding.severity) == ("revocation-not-durable", "medium")
+    assert "could not be read" in finding.message
+    assert "app-password" not in finding.message
+
+
+def test_a_refused_info_cannot_verify(make_app: Any, private_redis: PrivateRedis) -> None:
+    redis_client(private_redis.url).acl_setuser(
+        "app", enabled=True, passwords=["+app-password-0123456789"], keys=["*"], channels=["*"],
+        commands=["+@all", "-info", "-config"])
+    url = f"redis://app:app-password-0123456789@127.0.0.1:{private_redis.port}/0"
+    [finding] = audit(denylist_on(make_app, url))
+    assert (finding.id, finding.severity, finding.key) == \
+        ("revocation-persistence-unverified", "low", "APIGUARD_STORAGE_URI")
+    assert "app-password" not in finding.message
+
+
+def test_an_unreachable_redis_cannot_verify(make_app: Any, private_redis: PrivateRedis) -> None:
+    app = denylist_on(make_app, private_redis.url)
+    private_redis.stop()
+    [finding] = audit(app)
+    assert (finding.id, finding.severity) == ("revocation-persistence-unverified", "low")
+    assert "ConnectionError" in finding.message

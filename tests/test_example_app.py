@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from flask import Flask
@@ -20,7 +21,7 @@ from flask.testing import FlaskClient
 
 from example_app import create_app
 
-from .conftest import SECRET, HttpsClient, bearer, problem
+from .conftest import SECRET, HttpsClient, PrivateRedis, bearer, problem
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_PASSWORD = "violet-anchor-93-thimble"
@@ -659,6 +660,46 @@ def test_login_failure_budget_is_shared_between_instances(twin_apps: tuple[Flask
     response = bad_login(second)
     assert response.status_code == 429
     assert problem(response)["error"] == "rate_limit_exceeded"
+
+
+class DurableRedis(PrivateRedis):
+    """The private redis-server with its append-only file on, kept in ``folder`` (the later
+    command-line options win over the fixture's ``--appendonly no``)."""
+
+    def __init__(self, server: PrivateRedis, folder: Path) -> None:
+        super().__init__(server.binary)
+        self.port, self.extra = server.port, ["--appendonly", "yes", "--appendfsync", "everysec",
+                                              "--dir", str(folder)]
+
+    def start(self) -> None:
+        popen = subprocess.Popen
+        with mock.patch.object(subprocess, "Popen",
+                               lambda args, **kwargs: popen([*args, *self.extra], **kwargs)):
+            super().start()
+
+
+@pytest.mark.parametrize("append_only", [False, True])
+def test_logout_survives_a_redis_restart_only_with_its_append_only_file(
+    tmp_path: Path, private_redis: PrivateRedis, append_only: bool
+) -> None:
+    # The claim of docs/deployment.rst: after kill -9 and a restart, a Redis without persistence
+    # gave back the logged-out token (200); with appendonly yes it stays refused (401).
+    server = private_redis
+    if append_only:
+        private_redis.stop()
+        server = DurableRedis(private_redis, tmp_path)
+        server.start()
+    try:
+        client = build(example_config(tmp_path, APIGUARD_STORAGE_URI=server.url)).test_client()
+        token = login(client)
+        assert client.post("/api/auth/logout", headers=bearer(token)).status_code == 204
+        assert client.get("/api/me", headers=bearer(token)).status_code == 401
+        server.stop()  # SIGKILL
+        server.start()
+        assert client.get("/api/me", headers=bearer(token)).status_code == (401 if append_only
+                                                                             else 200)
+    finally:
+        server.stop()
 
 
 def test_memory_storage_is_per_instance(tmp_path: Path) -> None:
