@@ -4,9 +4,12 @@ with a database of the test's own, real tokens, real API keys and, where marked,
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import re
+import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -158,6 +161,44 @@ def test_configuration_comes_from_the_environment(tmp_path: Path,
                            json={"username": "admin", "password": ADMIN_PASSWORD})
     assert response.status_code == 200
     assert (tmp_path / "from-env.sqlite3").exists()
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)  # the usual umask, under which SQLite makes 0644 files
+    yield
+    os.umask(old)
+
+
+# The example's database (password hashes) and the API key store were created 0644, their
+# -wal and -shm files too: readable by every account on the host.
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_the_sqlite_files_are_private(tmp_path: Path, umask_022: None) -> None:
+    client = build(example_config(tmp_path)).test_client()
+    reader = sqlite3.connect(tmp_path / "example.sqlite3")  # keeps -wal and -shm in place
+    try:
+        reader.execute("SELECT count(*) FROM users").fetchone()
+        token = add_user(client, "bob")
+        new_key(client, token)
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob("*.sqlite3*")}
+    finally:
+        reader.close()
+    assert {"example.sqlite3", "example.sqlite3-wal", "example.sqlite3-shm",
+            "keys.sqlite3", "keys.sqlite3-wal", "keys.sqlite3-shm"} <= set(modes)
+    assert set(modes.values()) == {0o600}, modes
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_a_database_readable_by_others_is_made_private(
+    tmp_path: Path, umask_022: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "example.sqlite3"
+    sqlite3.connect(path).close()
+    path.chmod(0o644)
+    caplog.set_level(logging.WARNING)
+    build(example_config(tmp_path))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert any(f"{path} was readable by other accounts" in r.getMessage() for r in caplog.records)
 
 
 def test_plain_http_is_redirected_or_refused_by_default(api: Flask) -> None:
