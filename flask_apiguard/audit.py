@@ -5,6 +5,7 @@ Each finding names the key, how serious it is (``high``, ``medium``, ``low``) an
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sys
@@ -29,6 +30,15 @@ _PROXY_PLATFORMS = {
     "RAILWAY_ENVIRONMENT": "Railway",
     "WEBSITE_SITE_NAME": "Azure App Service",
 }
+#: Every HMAC secret that flask-apiguard's documentation (README, docs/, example_app/) shows or
+#: has shown, as (length in bytes, SHA-256): a secret printed in public docs forges tokens for
+#: anyone who read them. Kept as digests so that the package itself carries no secret-looking
+#: string; tests/test_docs.py checks that every secret in the docs is listed here.
+DOCUMENTED_SECRETS: frozenset[tuple[int, str]] = frozenset({
+    # docs/index.rst, docs/quickstart.rst and docs/deployment.rst, before they read it from
+    # the environment
+    (49, "71e6c36a5489bd23961b9b7ffa8104a8e2d13d320a9492985da6bb939972104c"),
+})
 _WORKERS_ARG = re.compile(r"(?:^|\s)(?:-w\s*|--workers(?:\s+|=))(\d+)")
 
 
@@ -65,6 +75,15 @@ def _several_workers() -> str | None:
     return None
 
 
+def is_documented_secret(secret: bytes) -> bool:
+    """True when ``secret`` is, or contains, a secret shown in flask-apiguard's documentation."""
+    for length, digest in DOCUMENTED_SECRETS:
+        for start in range(len(secret) - length + 1):
+            if hashlib.sha256(secret[start:start + length]).hexdigest() == digest:
+                return True
+    return False
+
+
 def _hmac_secrets(state: GuardState) -> list[tuple[str, bytes]]:
     """Every HMAC secret the app verifies with, named by the key that configures it."""
     jwt = state.jwt
@@ -90,7 +109,15 @@ def _secret_findings(app: Flask, state: GuardState) -> list[Finding]:
                 "a separate secret: python -c \"import secrets; print(secrets.token_urlsafe(48))\".",
             ))
         text = secret.decode("utf-8", "replace").lower()
-        if len(set(secret)) < 12 or any(word in text for word in _WEAK_SECRETS):
+        if is_documented_secret(secret):
+            found.append(Finding(
+                "jwt-secret-documented", "high", key,
+                "The JWT secret is the example secret printed in flask-apiguard's documentation: "
+                "anyone who read it can forge tokens. Generate your own, keep it out of the code "
+                "and read it from the environment: "
+                "python -c \"import secrets; print(secrets.token_urlsafe(48))\".",
+            ))
+        elif len(set(secret)) < 12 or any(word in text for word in _WEAK_SECRETS):
             found.append(Finding(
                 "jwt-secret-guessable", "high", key,
                 "The JWT secret looks guessable (few distinct characters or a common word). Use "

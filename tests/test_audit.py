@@ -11,13 +11,16 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 
 from flask_apiguard import ApiGuard
-from flask_apiguard.audit import Finding, findings
+from flask_apiguard.audit import Finding, findings, is_documented_secret
 
 from .conftest import SECRET, PrivateRedis, bearer, token_for
 
 ENVIRONMENT = ("FLASK_DEBUG", "SERVER_SOFTWARE", "WEB_CONCURRENCY", "DYNO", "K_SERVICE",
                "FLY_APP_NAME", "RENDER", "RAILWAY_ENVIRONMENT", "WEBSITE_SITE_NAME",
                "GUNICORN_CMD_ARGS", "UWSGI_PROCESSES")
+#: The example secret the documentation showed (docs/quickstart.rst and others) before it
+#: read the secret from the environment.
+DOCUMENTED = "pD4wN8sK2vQ7xL1mZ9rT5yB3hF6jC0gA8eU2iO4nW7kR1tSe3"
 #: Nothing for the audit to say about this configuration.
 HARDENED = {"APIGUARD_API_KEY_STORE": "sqlite:///keys.sqlite3",
             "APIGUARD_TRUSTED_HOSTS": ["localhost"]}
@@ -113,6 +116,27 @@ def test_hmac_keys_of_a_rotation_set_are_audited_like_the_secret(
 ])
 def test_careful_cors_origins_are_not_findings(make_app: Any, origin: str) -> None:
     assert audit(hardened(make_app, APIGUARD_CORS_ORIGINS=[origin])) == []
+
+
+# The secret printed in the docs was accepted without a word: anyone who read them could forge.
+@pytest.mark.parametrize("config", [
+    {"APIGUARD_JWT_SECRET": DOCUMENTED},
+    {"APIGUARD_JWT_SECRET": "prod-" + DOCUMENTED + "-2026"},
+    {"APIGUARD_JWT_SECRET": None, "APIGUARD_JWT_KEYS": {"2026-01": DOCUMENTED}},
+])
+def test_a_secret_shown_in_the_docs_is_a_high_finding(make_app: Any,
+                                                      config: dict[str, Any]) -> None:
+    [finding] = audit(hardened(make_app, **config))
+    assert (finding.id, finding.severity) == ("jwt-secret-documented", "high")
+    assert finding.key.startswith(("APIGUARD_JWT_SECRET", "APIGUARD_JWT_KEYS["))
+    assert DOCUMENTED not in finding.message
+
+
+def test_documented_secrets_are_matched_exactly() -> None:
+    assert is_documented_secret(DOCUMENTED.encode())
+    assert is_documented_secret(b"x" + DOCUMENTED.encode())
+    assert not is_documented_secret(DOCUMENTED[:-1].encode())
+    assert not is_documented_secret(SECRET.encode())
 
 
 def test_revocation_makes_long_tokens_acceptable(make_app: Any) -> None:

@@ -392,6 +392,9 @@ def test_check_hardened_config_has_no_findings(make_app: Any) -> None:
     ("jwt-secret-guessable", "APIGUARD_JWT_SECRET",
      {"APIGUARD_JWT_SECRET": "changeme-changeme-changeme-changeme-42"}),
     ("jwt-secret-guessable", "APIGUARD_JWT_SECRET", {"APIGUARD_JWT_SECRET": "ab" * 24}),
+    # the secret docs/quickstart.rst used to print passed the audit
+    ("jwt-secret-documented", "APIGUARD_JWT_SECRET",
+     {"APIGUARD_JWT_SECRET": "pD4wN8sK2vQ7xL1mZ9rT5yB3hF6jC0gA8eU2iO4nW7kR1tSe3"}),
 ])
 def test_check_high_findings_exit_1(make_app: Any, finding_id: str, key: str,
                                     config: dict[str, Any]) -> None:
