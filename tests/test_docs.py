@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from flask_apiguard import ApiGuard, public, rate_limit
 from flask_apiguard.audit import is_documented_secret
 from flask_apiguard.config import DEFAULTS
 
@@ -130,3 +131,37 @@ def test_the_docs_read_the_jwt_secret_from_the_environment() -> None:
         text = page.read_text(encoding="utf-8")
         assert 'app.config["APIGUARD_JWT_SECRET"] = os.environ["APIGUARD_JWT_SECRET"]' in text, page
         assert documented_secrets(text) == [], page
+
+
+# -- the first 429 ----------------------------------------------------------------------------
+# "5 per 15 minutes" answering Retry-After: 389 looked like a bug: nothing explained it.
+
+def test_the_retry_after_walk_through_is_what_the_code_answers(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(init=False)
+
+    @app.post("/login")
+    @public
+    @rate_limit("5 per 15 minutes", key="ip")
+    def login() -> Any:
+        return {"ok": True}
+
+    ApiGuard(app)
+    client = app.test_client()
+    noon = 1_800_000_000.0 - 1_800_000_000.0 % 900  # 12:00:00 of the page: a window starts
+    answers = []
+    for at in (510.2, 510.4, 510.6, 510.8, 511.0, 511.4, 900.4, 901.0, 1080.4, 1260.4):
+        monkeypatch.setattr("time.time", lambda at=at: noon + at)
+        response = client.post("/login")
+        answers.append((response.status_code, response.headers.get("Retry-After")))
+    assert answers == [(200, None)] * 5 + [(429, "389"), (200, None), (429, "179"),
+                                           (200, None), (200, None)]
+    page = (DOCS / "ratelimit.rst").read_text(encoding="utf-8")
+    for shown in ("12:08:31.4                the sixth           429  Retry-After: 389",
+                  "12:15:00.4                                    200",
+                  "12:15:01.0                                    429  Retry-After: 179",
+                  "12:18:00.4                                    200",
+                  "12:21:00.4                                    200"):
+        assert shown in page
+    assert "`Retry-After: 389`" in (ROOT / "README.md").read_text(encoding="utf-8")
