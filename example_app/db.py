@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import sys
@@ -73,6 +74,20 @@ def find_user(db: sqlite3.Connection, username: str) -> dict[str, Any] | None:
     return user
 
 
+def _private(app: Flask, path: str) -> None:
+    """Create the database readable and writable by its owner only (0600) before SQLite does
+    (it would make it 0644): SQLite gives the ``-wal`` and ``-shm`` files the same mode. The
+    file holds password hashes; one that other accounts can already read is made private."""
+    if path == ":memory:" or path.startswith("file:") or os.name != "posix":
+        return
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
+    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+        if os.path.exists(name) and os.stat(name).st_mode & 0o077:
+            os.chmod(name, 0o600)
+            app.logger.warning("example_app: %s was readable by other accounts; made private "
+                               "(600).", name)
+
+
 def _prepare(db: sqlite3.Connection) -> None:
     """WAL and the tables. Several workers starting on a new file race for the locks these
     take (SQLite may answer "locked" at once to a journal-mode change), so retry briefly."""
@@ -91,6 +106,7 @@ def _prepare(db: sqlite3.Connection) -> None:
 def init_app(app: Flask) -> None:
     """Create the tables, seed an admin on first start, and close connections after requests."""
     app.teardown_appcontext(close_db)
+    _private(app, app.config["EXAMPLE_DATABASE"])
     with app.app_context():
         db = connect(app.config["EXAMPLE_DATABASE"])
         try:

@@ -5,11 +5,14 @@ Each finding names the key, how serious it is (``high``, ``medium``, ``low``) an
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sys
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+
+from .storage import redacted
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -27,6 +30,16 @@ _PROXY_PLATFORMS = {
     "RAILWAY_ENVIRONMENT": "Railway",
     "WEBSITE_SITE_NAME": "Azure App Service",
 }
+#: Every HMAC secret that flask-apiguard's documentation (README, docs/, example_app/) shows or
+#: has shown, as (length in bytes, SHA-256): a secret printed in public docs forges tokens for
+#: anyone who read them. Kept as digests so that the package itself carries no secret-looking
+#: string; tests/test_docs.py checks that every secret in the docs is listed here.
+DOCUMENTED_SECRETS: frozenset[tuple[int, str]] = frozenset({
+    # docs/index.rst, docs/quickstart.rst and docs/deployment.rst, before they read it from
+    # the environment
+    (49, "71e6c36a5489bd23961b9b7ffa8104a8e2d13d320a9492985da6bb939972104c"),
+})
+_WORKERS_ARG = re.compile(r"(?:^|\s)(?:-w\s*|--workers(?:\s+|=))(\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,14 +53,35 @@ class Finding:
         return asdict(self)
 
 
-def _several_workers() -> bool:
-    """True when this process is likely one of several serving the app."""
-    server = os.environ.get("SERVER_SOFTWARE", "").lower()
-    concurrency = os.environ.get("WEB_CONCURRENCY", "1")
-    return (
-        "gunicorn" in server or "gunicorn" in sys.modules or "uwsgi" in sys.modules
-        or (concurrency.isdigit() and int(concurrency) > 1)
-    )
+def _several_workers() -> str | None:
+    """Why this process is likely one of several serving the app, or ``None``.
+
+    A worker count in ``GUNICORN_CMD_ARGS`` decides (only gunicorn's command line outranks it);
+    otherwise ``WEB_CONCURRENCY`` or ``UWSGI_PROCESSES`` above 1, or running under gunicorn or
+    uWSGI at all (their configuration file may set the count; one worker is rare in production).
+    """
+    workers = _WORKERS_ARG.search(os.environ.get("GUNICORN_CMD_ARGS", ""))
+    if workers:
+        count = int(workers.group(1))
+        return f"GUNICORN_CMD_ARGS asks for {count} workers" if count > 1 else None
+    for variable in ("WEB_CONCURRENCY", "UWSGI_PROCESSES"):
+        value = os.environ.get(variable, "").strip()
+        if value.isdigit() and int(value) > 1:
+            return f"{variable} is {value}"
+    if "gunicorn" in os.environ.get("SERVER_SOFTWARE", "").lower() or "gunicorn" in sys.modules:
+        return "this runs under gunicorn"
+    if "uwsgi" in sys.modules:
+        return "this runs under uWSGI"
+    return None
+
+
+def is_documented_secret(secret: bytes) -> bool:
+    """True when ``secret`` is, or contains, a secret shown in flask-apiguard's documentation."""
+    for length, digest in DOCUMENTED_SECRETS:
+        for start in range(len(secret) - length + 1):
+            if hashlib.sha256(secret[start:start + length]).hexdigest() == digest:
+                return True
+    return False
 
 
 def _hmac_secrets(state: GuardState) -> list[tuple[str, bytes]]:
@@ -75,7 +109,15 @@ def _secret_findings(app: Flask, state: GuardState) -> list[Finding]:
                 "a separate secret: python -c \"import secrets; print(secrets.token_urlsafe(48))\".",
             ))
         text = secret.decode("utf-8", "replace").lower()
-        if len(set(secret)) < 12 or any(word in text for word in _WEAK_SECRETS):
+        if is_documented_secret(secret):
+            found.append(Finding(
+                "jwt-secret-documented", "high", key,
+                "The JWT secret is the example secret printed in flask-apiguard's documentation: "
+                "anyone who read it can forge tokens. Generate your own, keep it out of the code "
+                "and read it from the environment: "
+                "python -c \"import secrets; print(secrets.token_urlsafe(48))\".",
+            ))
+        elif len(set(secret)) < 12 or any(word in text for word in _WEAK_SECRETS):
             found.append(Finding(
                 "jwt-secret-guessable", "high", key,
                 "The JWT secret looks guessable (few distinct characters or a common word). Use "
@@ -87,6 +129,62 @@ def _secret_findings(app: Flask, state: GuardState) -> list[Finding]:
                 f"The JWT secret is {len(secret)} bytes; 48 or more random bytes leave more margin.",
             ))
     return found
+
+
+_PERSISTENCE_FIX = ("Run it with the append-only file on (appendonly yes, appendfsync everysec; "
+                    "see the deployment guide).")
+
+
+def _revocation_persistence(state: GuardState) -> Finding | None:
+    """Whether the Redis that holds the token denylist keeps it through a restart.
+
+    Asks Redis: ``INFO persistence`` (``aof_enabled``) and, for the message, ``CONFIG GET save``
+    (RDB snapshots), which managed services often refuse. An unreachable server or a refused
+    ``INFO`` gives a low "could not verify" finding; the audit never fails because of Redis.
+    """
+    shared = state.shared
+    where = redacted(shared.uri)
+    try:
+        client = cast(Any, shared.primary.storage).get_connection()
+        # A cluster answers INFO from one node unless asked for every primary.
+        cluster = {"target_nodes": "primaries"} if hasattr(client, "get_primaries") else {}
+        info = client.info("persistence", **cluster)
+    except Exception as exc:  # unreachable, INFO refused by an ACL, a cluster still down...
+        return Finding(
+            "revocation-persistence-unverified", "low", "APIGUARD_STORAGE_URI",
+            f"Could not ask the Redis at {where} whether it keeps revoked tokens through a "
+            f"restart ({type(exc).__name__}); without persistence a restart brings every revoked "
+            f"token back until it expires. {_PERSISTENCE_FIX}",
+        )
+    nodes = [info] if "aof_enabled" in info else [v for v in info.values() if isinstance(v, dict)]
+    if nodes and all(str(node.get("aof_enabled")) == "1" for node in nodes):
+        return None
+    if not nodes:
+        return Finding(
+            "revocation-persistence-unverified", "low", "APIGUARD_STORAGE_URI",
+            f"The Redis at {where} did not report its persistence settings. {_PERSISTENCE_FIX}",
+        )
+    try:
+        answer = client.config_get("save")
+        replies = [answer] if "save" in answer else [v for v in answer.values() if isinstance(v, dict)]
+        saves: set[str] | None = {str(reply.get("save", "")) for reply in replies}
+    except Exception:  # CONFIG is often disabled on managed Redis: only the wording changes
+        saves = None
+    if saves is None:
+        how = ("its snapshot schedule could not be read (CONFIG GET refused), and snapshots alone "
+               "miss every revocation made since the last one")
+    elif saves - {""}:
+        how = (f"its snapshots (save {sorted(saves - {''})[0]!r}) miss every revocation made since "
+               "the last one")
+    else:
+        how = 'it keeps nothing on disk (save "")'
+    return Finding(
+        "revocation-not-durable", "medium", "APIGUARD_STORAGE_URI",
+        f"The Redis at {where} holds the revoked-token denylist without an append-only file "
+        f"(appendonly no); {how}. After a restart, revoked and logged-out tokens are accepted "
+        f"again until they expire. {_PERSISTENCE_FIX} On a managed Redis that cannot turn it on, "
+        "keep token lifetimes short (APIGUARD_JWT_EXPIRES_IN).",
+    )
 
 
 def _cors_findings(origins: tuple[str, ...]) -> list[Finding]:
@@ -137,12 +235,17 @@ def findings(app: Flask, state: GuardState) -> list[Finding]:
     found.extend(_secret_findings(app, state))
     if config.jwt_revocation and state.shared.is_memory:
         add(Finding("revocation-in-memory", "high" if several else "medium", "APIGUARD_STORAGE_URI",
-                    "Revoked tokens are kept in this process's memory: other workers still accept "
-                    "them and a restart forgets them. Use APIGUARD_STORAGE_URI = 'redis://…'."))
+                    "Revoked tokens are kept in this process's memory: other workers"
+                    f"{f' ({several})' if several else ''} still accept them and a restart "
+                    "forgets them. Use APIGUARD_STORAGE_URI = 'redis://…'."))
     elif state.shared.is_memory and several:
         add(Finding("memory-storage-several-workers", "medium", "APIGUARD_STORAGE_URI",
-                    "Rate-limit and auth-failure counters are per process, so N workers allow N "
-                    "times the limit. Use APIGUARD_STORAGE_URI = 'redis://…'."))
+                    f"Rate-limit and auth-failure counters are per process and {several}, so N "
+                    "workers allow N times the limit. Use APIGUARD_STORAGE_URI = 'redis://…'."))
+    elif config.jwt_revocation:
+        durable = _revocation_persistence(state)
+        if durable is not None:
+            add(durable)
     found.extend(_cors_findings(config.cors_origins))
     if config.hsts is None:
         add(Finding("hsts-off", "medium", "APIGUARD_HSTS",

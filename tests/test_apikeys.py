@@ -6,9 +6,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import multiprocessing
+import os
 import re
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -303,6 +306,54 @@ def test_sqlite_store_absolute_path_survives_a_restart(make_app: Any, tmp_path: 
     with restarted.app_context():
         ApiGuard().api_keys.revoke(key.key_id)
     assert_invalid_key(call(app, plaintext))
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def umask_022() -> Any:
+    old = os.umask(0o022)  # the usual umask, under which SQLite would create 0644 files
+    yield
+    os.umask(old)
+
+
+# The SQLite key store was created 0644, with its -wal and -shm: every local account could
+# read the key ids, owners and digests, and change them when the umask allowed it.
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_sqlite_store_and_its_side_files_are_private(make_app: Any, tmp_path: Path,
+                                                     umask_022: Any) -> None:
+    app = key_app(make_app, APIGUARD_API_KEY_STORE="sqlite:///keys/apiguard.sqlite3")
+    plaintext, _ = create(app)
+    assert call(app, plaintext).status_code == 200
+    files = {p.name: mode_of(p) for p in (tmp_path / "instance" / "keys").iterdir()}
+    assert {"apiguard.sqlite3", "apiguard.sqlite3-wal", "apiguard.sqlite3-shm"} <= set(files)
+    assert set(files.values()) == {0o600}, files
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_sqlite_store_open_to_others_is_made_private_with_a_warning(
+    make_app: Any, tmp_path: Path, umask_022: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "keys.db"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t (x)")  # a store another version created, still open: -wal, -shm
+    path.chmod(0o664)
+    Path(f"{path}-wal").chmod(0o644)
+    caplog.set_level(logging.WARNING, logger="flask_apiguard")
+    app = key_app(make_app, APIGUARD_API_KEY_STORE=f"sqlite:///{path}")
+    db.close()
+    plaintext, _ = create(app)
+    assert call(app, plaintext).status_code == 200
+    assert mode_of(path) == 0o600 and mode_of(Path(f"{path}-wal")) == 0o600
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "flask_apiguard"]
+    assert "open to other users" in warning
+    assert f"{path} (664), {path}-wal (644), {path}-shm (644)" in warning
+    caplog.clear()
+    key_app(make_app, APIGUARD_API_KEY_STORE=f"sqlite:///{path}")
+    assert not [r for r in caplog.records if r.name == "flask_apiguard"]
 
 
 def test_sqlite_store_with_concurrent_threads(make_app: Any) -> None:

@@ -11,12 +11,16 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 
 from flask_apiguard import ApiGuard
-from flask_apiguard.audit import Finding, findings
+from flask_apiguard.audit import Finding, findings, is_documented_secret
 
-from .conftest import SECRET, bearer, token_for
+from .conftest import SECRET, PrivateRedis, bearer, token_for
 
 ENVIRONMENT = ("FLASK_DEBUG", "SERVER_SOFTWARE", "WEB_CONCURRENCY", "DYNO", "K_SERVICE",
-               "FLY_APP_NAME", "RENDER", "RAILWAY_ENVIRONMENT", "WEBSITE_SITE_NAME")
+               "FLY_APP_NAME", "RENDER", "RAILWAY_ENVIRONMENT", "WEBSITE_SITE_NAME",
+               "GUNICORN_CMD_ARGS", "UWSGI_PROCESSES")
+#: The example secret the documentation showed (docs/quickstart.rst and others) before it
+#: read the secret from the environment.
+DOCUMENTED = "pD4wN8sK2vQ7xL1mZ9rT5yB3hF6jC0gA8eU2iO4nW7kR1tSe3"
 #: Nothing for the audit to say about this configuration.
 HARDENED = {"APIGUARD_API_KEY_STORE": "sqlite:///keys.sqlite3",
             "APIGUARD_TRUSTED_HOSTS": ["localhost"]}
@@ -114,6 +118,27 @@ def test_careful_cors_origins_are_not_findings(make_app: Any, origin: str) -> No
     assert audit(hardened(make_app, APIGUARD_CORS_ORIGINS=[origin])) == []
 
 
+# The secret printed in the docs was accepted without a word: anyone who read them could forge.
+@pytest.mark.parametrize("config", [
+    {"APIGUARD_JWT_SECRET": DOCUMENTED},
+    {"APIGUARD_JWT_SECRET": "prod-" + DOCUMENTED + "-2026"},
+    {"APIGUARD_JWT_SECRET": None, "APIGUARD_JWT_KEYS": {"2026-01": DOCUMENTED}},
+])
+def test_a_secret_shown_in_the_docs_is_a_high_finding(make_app: Any,
+                                                      config: dict[str, Any]) -> None:
+    [finding] = audit(hardened(make_app, **config))
+    assert (finding.id, finding.severity) == ("jwt-secret-documented", "high")
+    assert finding.key.startswith(("APIGUARD_JWT_SECRET", "APIGUARD_JWT_KEYS["))
+    assert DOCUMENTED not in finding.message
+
+
+def test_documented_secrets_are_matched_exactly() -> None:
+    assert is_documented_secret(DOCUMENTED.encode())
+    assert is_documented_secret(b"x" + DOCUMENTED.encode())
+    assert not is_documented_secret(DOCUMENTED[:-1].encode())
+    assert not is_documented_secret(SECRET.encode())
+
+
 def test_revocation_makes_long_tokens_acceptable(make_app: Any) -> None:
     found = by_id(hardened(make_app, APIGUARD_JWT_EXPIRES_IN=7 * 86400,
                            APIGUARD_JWT_REVOCATION=True))
@@ -148,6 +173,32 @@ def test_several_workers(make_app: Any, monkeypatch: pytest.MonkeyPatch, variabl
 
 def test_one_web_worker_is_not_several(make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WEB_CONCURRENCY", "1")
+    assert audit(hardened(make_app)) == []
+
+
+# Workers started through GUNICORN_CMD_ARGS or uWSGI's environment went unnoticed.
+@pytest.mark.parametrize(("variable", "value", "why"), [
+    ("GUNICORN_CMD_ARGS", "--bind 0.0.0.0:8000 --workers 4", "GUNICORN_CMD_ARGS asks for 4 workers"),
+    ("GUNICORN_CMD_ARGS", "-w3 --threads 2", "GUNICORN_CMD_ARGS asks for 3 workers"),
+    ("GUNICORN_CMD_ARGS", "--workers=2", "GUNICORN_CMD_ARGS asks for 2 workers"),
+    ("UWSGI_PROCESSES", "8", "UWSGI_PROCESSES is 8"),
+    ("WEB_CONCURRENCY", "4", "WEB_CONCURRENCY is 4"),
+    ("SERVER_SOFTWARE", "gunicorn/22.0.0", "this runs under gunicorn"),
+])
+def test_memory_storage_under_several_workers_says_why(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, why: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    [finding] = audit(hardened(make_app))
+    assert (finding.id, finding.severity) == ("memory-storage-several-workers", "medium")
+    assert why in finding.message
+
+
+def test_one_gunicorn_worker_named_in_its_arguments_is_not_several(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SERVER_SOFTWARE", "gunicorn/22.0.0")
+    monkeypatch.setenv("GUNICORN_CMD_ARGS", "--workers 1 --threads 8")
     assert audit(hardened(make_app)) == []
 
 
@@ -250,3 +301,89 @@ def test_hardened_startup_is_quiet(make_app: Any, caplog: pytest.LogCaptureFixtu
     assert {f.severity for f in audit(app)} == {"low"}
     assert startup_warnings(caplog, app.logger.name) == []
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# -- the denylist's Redis keeps revoked tokens through a restart -------------------------------
+# A Redis without persistence brought every revoked token back after a restart (a logged-out
+# token answered 200 after kill -9), and `check` said nothing about it.
+
+def denylist_on(make_app: Any, url: str, **config: Any) -> Flask:
+    return hardened(make_app, APIGUARD_STORAGE_URI=url, APIGUARD_JWT_REVOCATION=True, **config)
+
+
+def redis_client(url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=2)
+
+
+@pytest.fixture
+def redis_in_tmp(private_redis: PrivateRedis, tmp_path: Any,
+                 monkeypatch: pytest.MonkeyPatch) -> PrivateRedis:
+    """The private Redis restarted in ``tmp_path``, where its AOF and snapshots go (``dir`` is
+    a protected setting that CONFIG SET refuses)."""
+    monkeypatch.chdir(tmp_path)
+    private_redis.stop()
+    private_redis.start()
+    return private_redis
+
+
+def test_a_denylist_on_redis_without_persistence_is_reported(make_app: Any,
+                                                             private_redis: PrivateRedis) -> None:
+    [finding] = audit(denylist_on(make_app, private_redis.url))
+    assert (finding.id, finding.severity, finding.key) == \
+        ("revocation-not-durable", "medium", "APIGUARD_STORAGE_URI")
+    assert "appendonly yes" in finding.message and 'save ""' in finding.message
+
+
+def test_a_denylist_on_redis_with_snapshots_only_is_reported(make_app: Any,
+                                                            redis_in_tmp: PrivateRedis) -> None:
+    redis_client(redis_in_tmp.url).config_set("save", "3600 1 300 100")
+    [finding] = audit(denylist_on(make_app, redis_in_tmp.url))
+    assert finding.id == "revocation-not-durable"
+    assert "3600 1 300 100" in finding.message and "snapshot" in finding.message
+
+
+def test_a_denylist_on_redis_with_an_append_only_file_is_fine(make_app: Any,
+                                                              redis_in_tmp: PrivateRedis) -> None:
+    redis_client(redis_in_tmp.url).config_set("appendonly", "yes")
+    assert audit(denylist_on(make_app, redis_in_tmp.url)) == []
+
+
+def test_redis_without_persistence_matters_only_for_the_denylist(
+    make_app: Any, private_redis: PrivateRedis
+) -> None:
+    assert audit(hardened(make_app, APIGUARD_STORAGE_URI=private_redis.url)) == []
+
+
+def test_a_refused_config_get_still_reports_the_missing_append_only_file(
+    make_app: Any, private_redis: PrivateRedis
+) -> None:
+    # As on managed Redis, where CONFIG is disabled: INFO alone shows that AOF is off.
+    redis_client(private_redis.url).acl_setuser(
+        "app", enabled=True, passwords=["+app-password-0123456789"], keys=["*"], channels=["*"],
+        commands=["+@all", "-config"])
+    url = f"redis://app:app-password-0123456789@127.0.0.1:{private_redis.port}/0"
+    [finding] = audit(denylist_on(make_app, url))
+    assert (finding.id, finding.severity) == ("revocation-not-durable", "medium")
+    assert "could not be read" in finding.message
+    assert "app-password" not in finding.message
+
+
+def test_a_refused_info_cannot_verify(make_app: Any, private_redis: PrivateRedis) -> None:
+    redis_client(private_redis.url).acl_setuser(
+        "app", enabled=True, passwords=["+app-password-0123456789"], keys=["*"], channels=["*"],
+        commands=["+@all", "-info", "-config"])
+    url = f"redis://app:app-password-0123456789@127.0.0.1:{private_redis.port}/0"
+    [finding] = audit(denylist_on(make_app, url))
+    assert (finding.id, finding.severity, finding.key) == \
+        ("revocation-persistence-unverified", "low", "APIGUARD_STORAGE_URI")
+    assert "app-password" not in finding.message
+
+
+def test_an_unreachable_redis_cannot_verify(make_app: Any, private_redis: PrivateRedis) -> None:
+    app = denylist_on(make_app, private_redis.url)
+    private_redis.stop()
+    [finding] = audit(app)
+    assert (finding.id, finding.severity) == ("revocation-persistence-unverified", "low")
+    assert "ConnectionError" in finding.message

@@ -29,7 +29,7 @@ from flask_apiguard import (
     validate,
 )
 
-from .conftest import SECRET, HttpsClient, base_config, bearer, free_port, problem
+from .conftest import SECRET, HttpsClient, PrivateRedis, base_config, bearer, free_port, problem
 
 ENVIRONMENT = ("FLASK_DEBUG", "SERVER_SOFTWARE", "WEB_CONCURRENCY", "DYNO", "K_SERVICE", "FLY_APP_NAME",
                "RENDER", "RAILWAY_ENVIRONMENT", "WEBSITE_SITE_NAME")
@@ -392,6 +392,9 @@ def test_check_hardened_config_has_no_findings(make_app: Any) -> None:
     ("jwt-secret-guessable", "APIGUARD_JWT_SECRET",
      {"APIGUARD_JWT_SECRET": "changeme-changeme-changeme-changeme-42"}),
     ("jwt-secret-guessable", "APIGUARD_JWT_SECRET", {"APIGUARD_JWT_SECRET": "ab" * 24}),
+    # the secret docs/quickstart.rst used to print passed the audit
+    ("jwt-secret-documented", "APIGUARD_JWT_SECRET",
+     {"APIGUARD_JWT_SECRET": "pD4wN8sK2vQ7xL1mZ9rT5yB3hF6jC0gA8eU2iO4nW7kR1tSe3"}),
 ])
 def test_check_high_findings_exit_1(make_app: Any, finding_id: str, key: str,
                                     config: dict[str, Any]) -> None:
@@ -453,6 +456,19 @@ def test_check_redis_storage_under_gunicorn_is_fine(make_app: Any, redis_url: st
     app = make_app(APIGUARD_STORAGE_URI=redis_url, APIGUARD_JWT_REVOCATION=True)
     found = ids(check_json(app)[1])
     assert "memory-storage-several-workers" not in found and "revocation-in-memory" not in found
+
+
+# A Redis without persistence gave revoked tokens back after a restart; check was silent.
+def test_check_reports_a_denylist_redis_without_persistence(make_app: Any,
+                                                           private_redis: PrivateRedis) -> None:
+    app = make_app(APIGUARD_STORAGE_URI=private_redis.url, APIGUARD_JWT_REVOCATION=True)
+    code, findings = check_json(app)
+    assert code == 0 and "revocation-not-durable" in ids(findings, "medium")
+    private_redis.stop()
+    result = run(app, "check")
+    assert result.exit_code == 0 and result.exception is None
+    assert "revocation-persistence-unverified" in result.stdout
+    assert "Traceback" not in result.output
 
 
 def test_check_heroku_without_trusted_proxies(make_app: Any,

@@ -4,15 +4,19 @@ with a database of the test's own, real tokens, real API keys and, where marked,
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import re
+import sqlite3
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from flask import Flask
@@ -20,7 +24,7 @@ from flask.testing import FlaskClient
 
 from example_app import create_app
 
-from .conftest import SECRET, HttpsClient, bearer, problem
+from .conftest import SECRET, HttpsClient, PrivateRedis, bearer, problem
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_PASSWORD = "violet-anchor-93-thimble"
@@ -157,6 +161,44 @@ def test_configuration_comes_from_the_environment(tmp_path: Path,
                            json={"username": "admin", "password": ADMIN_PASSWORD})
     assert response.status_code == 200
     assert (tmp_path / "from-env.sqlite3").exists()
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)  # the usual umask, under which SQLite makes 0644 files
+    yield
+    os.umask(old)
+
+
+# The example's database (password hashes) and the API key store were created 0644, their
+# -wal and -shm files too: readable by every account on the host.
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_the_sqlite_files_are_private(tmp_path: Path, umask_022: None) -> None:
+    client = build(example_config(tmp_path)).test_client()
+    reader = sqlite3.connect(tmp_path / "example.sqlite3")  # keeps -wal and -shm in place
+    try:
+        reader.execute("SELECT count(*) FROM users").fetchone()
+        token = add_user(client, "bob")
+        new_key(client, token)
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob("*.sqlite3*")}
+    finally:
+        reader.close()
+    assert {"example.sqlite3", "example.sqlite3-wal", "example.sqlite3-shm",
+            "keys.sqlite3", "keys.sqlite3-wal", "keys.sqlite3-shm"} <= set(modes)
+    assert set(modes.values()) == {0o600}, modes
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_a_database_readable_by_others_is_made_private(
+    tmp_path: Path, umask_022: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "example.sqlite3"
+    sqlite3.connect(path).close()
+    path.chmod(0o644)
+    caplog.set_level(logging.WARNING)
+    build(example_config(tmp_path))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert any(f"{path} was readable by other accounts" in r.getMessage() for r in caplog.records)
 
 
 def test_plain_http_is_redirected_or_refused_by_default(api: Flask) -> None:
@@ -659,6 +701,46 @@ def test_login_failure_budget_is_shared_between_instances(twin_apps: tuple[Flask
     response = bad_login(second)
     assert response.status_code == 429
     assert problem(response)["error"] == "rate_limit_exceeded"
+
+
+class DurableRedis(PrivateRedis):
+    """The private redis-server with its append-only file on, kept in ``folder`` (the later
+    command-line options win over the fixture's ``--appendonly no``)."""
+
+    def __init__(self, server: PrivateRedis, folder: Path) -> None:
+        super().__init__(server.binary)
+        self.port, self.extra = server.port, ["--appendonly", "yes", "--appendfsync", "everysec",
+                                              "--dir", str(folder)]
+
+    def start(self) -> None:
+        popen = subprocess.Popen
+        with mock.patch.object(subprocess, "Popen",
+                               lambda args, **kwargs: popen([*args, *self.extra], **kwargs)):
+            super().start()
+
+
+@pytest.mark.parametrize("append_only", [False, True])
+def test_logout_survives_a_redis_restart_only_with_its_append_only_file(
+    tmp_path: Path, private_redis: PrivateRedis, append_only: bool
+) -> None:
+    # The claim of docs/deployment.rst: after kill -9 and a restart, a Redis without persistence
+    # gave back the logged-out token (200); with appendonly yes it stays refused (401).
+    server = private_redis
+    if append_only:
+        private_redis.stop()
+        server = DurableRedis(private_redis, tmp_path)
+        server.start()
+    try:
+        client = build(example_config(tmp_path, APIGUARD_STORAGE_URI=server.url)).test_client()
+        token = login(client)
+        assert client.post("/api/auth/logout", headers=bearer(token)).status_code == 204
+        assert client.get("/api/me", headers=bearer(token)).status_code == 401
+        server.stop()  # SIGKILL
+        server.start()
+        assert client.get("/api/me", headers=bearer(token)).status_code == (401 if append_only
+                                                                             else 200)
+    finally:
+        server.stop()
 
 
 def test_memory_storage_is_per_instance(tmp_path: Path) -> None:

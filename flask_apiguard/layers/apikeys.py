@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -29,6 +30,7 @@ from typing import Any
 from ..errors import ApiGuardConfigError, ServiceUnavailable
 from ..identity import Identity
 
+log = logging.getLogger("flask_apiguard")
 _DUMMY_DIGEST = hashlib.sha256(b"flask-apiguard: no such key").hexdigest()
 _KEY_ID_BYTES = 8
 _SECRET_BYTES = 32
@@ -244,8 +246,47 @@ CREATE INDEX IF NOT EXISTS apiguard_api_keys_owner ON apiguard_api_keys (owner)
 """
 
 
+#: What SQLite writes next to a database; it gives them the database file's permissions.
+_SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _owner_only(path: str) -> None:
+    """Create the SQLite file ``path`` readable and writable by its owner only (0600), before
+    SQLite creates it with 0644: its ``-wal``, ``-shm`` and ``-journal`` files follow, since
+    SQLite copies the database's permissions. A file (or side file) that already grants others
+    access is tightened to 0600, with a warning; one this process may not change is left as it
+    is, with a warning. POSIX only."""
+    if os.name != "posix":
+        return
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
+    except OSError:
+        return  # sqlite3.connect reports it, with the store's own message
+    tightened, stuck = [], []
+    for name in (path, *(path + suffix for suffix in _SQLITE_SIDE_FILES)):
+        try:
+            mode = os.stat(name).st_mode & 0o777
+        except OSError:
+            continue  # absent (the usual case for -journal), or SQLite will say what is wrong
+        if not mode & 0o077:
+            continue
+        try:
+            os.chmod(name, 0o600)
+        except OSError:
+            stuck.append(f"{name} ({mode:o})")
+        else:
+            tightened.append(f"{name} ({mode:o})")
+    if tightened:
+        log.warning("flask-apiguard: the API key store was open to other users; now readable and "
+                    "writable by its owner only (600): %s.", ", ".join(tightened))
+    if stuck:
+        log.warning("flask-apiguard: the API key store is open to other users and this process "
+                    "may not change it: %s. Make it private: chmod 600.", ", ".join(stuck))
+
+
 class SqliteKeyStore(ApiKeyStore):
-    """Keys in a SQLite file: one connection per thread and process, WAL journal, busy timeout."""
+    """Keys in a SQLite file: one connection per thread and process, WAL journal, busy timeout.
+    The file and its side files are private to their owner (see :func:`_owner_only`)."""
 
     def __init__(self, prefix: str, path: str) -> None:
         super().__init__(prefix)
@@ -257,6 +298,7 @@ class SqliteKeyStore(ApiKeyStore):
             raise ApiGuardConfigError(
                 f"APIGUARD_API_KEY_STORE: cannot create the folder of {path!r} ({exc.strerror})."
             ) from None
+        _owner_only(path)
         # Several workers starting on a new file race for the locks WAL and CREATE take
         # (SQLite may answer "locked" at once to a journal-mode change): retry briefly.
         deadline = time.monotonic() + 10
