@@ -20,6 +20,8 @@ from flask import Flask
 from marshmallow import Schema, ValidationError, fields
 
 import flask_apiguard.fields as apiguard_fields
+import flask_apiguard.fields.html as apiguard_html
+import flask_apiguard.fields.password as apiguard_password
 from flask_apiguard.fields import (
     DEFAULT_ATTRIBUTES,
     DEFAULT_PROTOCOLS,
@@ -95,7 +97,7 @@ def test_blocklist_data_file_is_gzipped_lowercase_one_per_line() -> None:
 
 
 def test_blocklist_is_loaded_once() -> None:
-    assert apiguard_fields._common_passwords() is apiguard_fields._common_passwords()
+    assert apiguard_password._common_passwords() is apiguard_password._common_passwords()
 
 
 # -- SanitizedHTML ----------------------------------------------------------------------------
@@ -345,14 +347,14 @@ def test_real_apiguard_with_nh3_sanitizer_uses_nh3(make_app: Callable[..., Flask
 
 def test_bleach_cleaner_is_built_once_per_field_and_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     built: list[object] = []
-    real = apiguard_fields._BleachCleaner
+    real = apiguard_html._BleachCleaner
 
     class Counting(real):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             built.append(self)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(apiguard_fields, "_BleachCleaner", Counting)
+    monkeypatch.setattr(apiguard_html, "_BleachCleaner", Counting)
     field = SanitizedHTML()
     assert len(built) == 1  # in __init__, for this thread
     for _ in range(5):
@@ -390,14 +392,14 @@ def test_nh3_cleaner_is_built_once(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_schema_instances_share_the_fields_cleaners(monkeypatch: pytest.MonkeyPatch) -> None:
     built: list[object] = []
-    real = apiguard_fields._BleachCleaner
+    real = apiguard_html._BleachCleaner
 
     class Counting(real):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             built.append(self)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(apiguard_fields, "_BleachCleaner", Counting)
+    monkeypatch.setattr(apiguard_html, "_BleachCleaner", Counting)
 
     class Note(Schema):
         body = SanitizedHTML()

@@ -1,14 +1,5 @@
-"""JWT verification and issuing with pyjwt, the way RFC 8725 (JWT best current practice) asks.
-
-* Algorithms are pinned to ``APIGUARD_JWT_ALGORITHMS``; ``none`` is refused at start-up and the
-  HMAC and public-key families are never mixed, so a public key can never serve as an HMAC
-  secret (algorithm confusion).
-* Keys are parsed once at start-up. With ``APIGUARD_JWT_KEYS`` a token's ``kid`` only selects
-  among the configured keys; ``jku``, ``x5u``, ``jwk`` and ``x5c`` are never read.
-* Verified tokens are kept in a bounded cache keyed by the exact token string. A hit skips
-  the signature check but re-checks ``exp``, ``nbf``, ``iat`` and the maximum age; revocation
-  is checked by the pipeline for every request, cached or not.
-"""
+"""The JWT layer: :class:`JwtLayer` verifies bearer tokens against the keys of
+:mod:`.keys` and issues new ones."""
 
 from __future__ import annotations
 
@@ -22,25 +13,14 @@ from types import MappingProxyType
 from typing import Any
 
 import jwt
-from jwt.algorithms import get_default_algorithms
 
-from ..config import HMAC_ALGORITHMS, GuardConfig
-from ..errors import ApiGuardConfigError, InvalidToken, TokenExpired
-from ..identity import Identity
+from ...config import GuardConfig
+from ...errors import InvalidToken, TokenExpired
+from ...identity import Identity
+from .keys import Key, load_keys
 
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
-_ALGORITHMS = get_default_algorithms()
-_CURVE_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512",
-                     "secp256k1": "ES256K"}
-_HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 _RESERVED = frozenset({"sub", "exp", "iat", "jti", "iss", "aud", "nbf", "scope"})
-
-
-@dataclass(frozen=True, slots=True)
-class _Key:
-    verify: Any
-    sign: Any | None
-    algorithms: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,109 +30,6 @@ class _Verified:
     nbf: float | None
     iat: float | None
     jti: str | None
-
-
-def _key_algorithms(key: Any, allowed: Iterable[str]) -> frozenset[str]:
-    """The configured algorithms this key object can verify."""
-    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-
-    allowed = frozenset(allowed)
-    if isinstance(key, bytes):
-        return allowed & HMAC_ALGORITHMS
-    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
-        return frozenset(a for a in allowed if a[:2] in ("RS", "PS"))
-    if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
-        alg = _CURVE_ALGORITHMS.get(key.curve.name)
-        return frozenset({alg}) & allowed if alg else frozenset()
-    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
-        return allowed & {"EdDSA", "Ed25519"}
-    if isinstance(key, ed448.Ed448PrivateKey | ed448.Ed448PublicKey):
-        return allowed & {"EdDSA"}
-    return frozenset()
-
-
-def _is_private(key: Any) -> bool:
-    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
-
-    return isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-                      | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey)
-
-
-def _load_key(where: str, material: Any, allowed: tuple[str, ...]) -> _Key:
-    """Parse one key (an HMAC secret, a PEM public or private key, or a JWK dict)."""
-    hmac = any(a in HMAC_ALGORITHMS for a in allowed)
-    if isinstance(material, Mapping):
-        if material.get("use", "sig") != "sig":
-            raise ApiGuardConfigError(f"{where}: the JWK is not a signing key (use={material['use']!r}).")
-        try:
-            jwk = jwt.PyJWK(dict(material))
-        except jwt.PyJWTError as exc:
-            raise ApiGuardConfigError(f"{where}: not a usable JWK ({exc}).") from None
-        key_object = jwk.key
-        if isinstance(key_object, bytes):
-            return _Key(key_object, key_object, _hmac_algorithms(where, key_object, allowed))
-        algorithms = _key_algorithms(key_object, allowed)
-        if "alg" in material:
-            algorithms &= {material["alg"]}
-        public_key = getattr(key_object, "public_key", None)
-        if callable(public_key) and _is_private(key_object):
-            return _finish(where, public_key(), algorithms, allowed, sign=key_object)
-        return _finish(where, key_object, algorithms, allowed)
-    if isinstance(material, str):
-        material = material.encode("utf-8")
-    if not isinstance(material, bytes):
-        raise ApiGuardConfigError(f"{where}: expected a PEM string, a secret or a JWK dict.")
-    if hmac:
-        if material.lstrip().startswith(b"-----BEGIN") or material.startswith(b"ssh-"):
-            raise ApiGuardConfigError(
-                f"{where}: a PEM or SSH key cannot be used as an HMAC secret. Use HS* with a "
-                "random secret, or set APIGUARD_JWT_ALGORITHMS to RS256/ES256/EdDSA."
-            )
-        return _Key(material, material, _hmac_algorithms(where, material, allowed))
-    from cryptography.hazmat.primitives import serialization
-
-    try:
-        private = serialization.load_pem_private_key(material, password=None)
-    except (ValueError, TypeError):
-        private = None
-    if private is not None:
-        return _finish(where, private.public_key(), _key_algorithms(private, allowed), allowed,
-                       sign=private)
-    try:
-        public = serialization.load_pem_public_key(material)
-    except (ValueError, TypeError):
-        raise ApiGuardConfigError(
-            f"{where}: not a PEM public or private key (an encrypted private key is not supported)."
-        ) from None
-    return _finish(where, public, _key_algorithms(public, allowed), allowed)
-
-
-def _hmac_algorithms(where: str, secret: bytes, allowed: Iterable[str]) -> frozenset[str]:
-    """HS* algorithms need a secret at least as long as their hash (RFC 7518 section 3.2)."""
-    algorithms = frozenset(allowed) & HMAC_ALGORITHMS
-    needed = max(_HMAC_MIN_BYTES[a] for a in algorithms) if algorithms else 32
-    if len(secret) < needed:
-        raise ApiGuardConfigError(
-            f"{where}: is {len(secret)} bytes; {sorted(algorithms)} need at least {needed} "
-            "(RFC 7518 section 3.2). Generate one with: "
-            'python -c "import secrets; print(secrets.token_urlsafe(64))"'
-        )
-    return algorithms
-
-
-def _finish(where: str, key: Any, algorithms: frozenset[str], allowed: tuple[str, ...],
-            sign: Any = None) -> _Key:
-    if not algorithms:
-        raise ApiGuardConfigError(
-            f"{where}: this {type(key).__name__} cannot verify any of APIGUARD_JWT_ALGORITHMS "
-            f"{list(allowed)}. Use a key of the matching type (RSA for RS*/PS*, the matching "
-            "curve for ES*, Ed25519 for EdDSA)."
-        )
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
-        raise ApiGuardConfigError(f"{where}: RSA keys need at least 2048 bits.")
-    return _Key(key, sign, algorithms)
 
 
 class JwtLayer:
@@ -171,10 +48,7 @@ class JwtLayer:
         self.cache_size = config.jwt_cache_size
         self._cache: dict[str, _Verified] = {}
         self._lock = threading.Lock()
-        self.keys: dict[str, _Key] = {}
-        self.default_key: _Key | None = None
-        self.signing_kid: str | None = None
-        self._load_keys(config)
+        self.keys, self.default_key, self.signing_kid = load_keys(config)
         self.decode_options: dict[str, Any] = {
             "require": self.required,
             "verify_signature": True,
@@ -187,77 +61,6 @@ class JwtLayer:
             "verify_jti": True,
             "enforce_minimum_key_length": True,
         }
-
-    # -- keys ---------------------------------------------------------------------------------
-    def _load_keys(self, config: GuardConfig) -> None:
-        allowed = config.jwt_algorithms
-        hmac = config.uses_hmac
-        if config.jwt_keys is not None:
-            entries: dict[str, Any]
-            if isinstance(config.jwt_keys.get("keys"), list):
-                entries = {}
-                for position, jwk in enumerate(config.jwt_keys["keys"]):
-                    kid = jwk.get("kid") if isinstance(jwk, Mapping) else None
-                    if not isinstance(kid, str) or not kid:
-                        raise ApiGuardConfigError(
-                            f"APIGUARD_JWT_KEYS: JWKS key #{position} has no 'kid'; every key "
-                            "needs one so that tokens can name it."
-                        )
-                    if jwk.get("use", "sig") == "sig":
-                        entries[kid] = jwk
-            else:
-                entries = dict(config.jwt_keys)
-            for kid, material in entries.items():
-                if not isinstance(kid, str) or not kid:
-                    raise ApiGuardConfigError("APIGUARD_JWT_KEYS: every kid must be a non-empty string.")
-                self.keys[kid] = _load_key(f"APIGUARD_JWT_KEYS[{kid!r}]", material, allowed)
-            if not self.keys:
-                raise ApiGuardConfigError("APIGUARD_JWT_KEYS: no signing key was found.")
-            kid = config.jwt_signing_key_id or next(iter(self.keys))
-            if kid not in self.keys:
-                raise ApiGuardConfigError(
-                    f"APIGUARD_JWT_SIGNING_KEY_ID: {kid!r} is not a kid of APIGUARD_JWT_KEYS "
-                    f"({sorted(self.keys)})."
-                )
-            self.signing_kid = kid
-            for key_name in ("JWT_SECRET", "JWT_PUBLIC_KEY", "JWT_PRIVATE_KEY"):
-                if getattr(config, key_name.lower()) is not None:
-                    raise ApiGuardConfigError(
-                        f"APIGUARD_{key_name}: set either APIGUARD_JWT_KEYS or a single key, not both."
-                    )
-            return
-        if hmac:
-            for key_name in ("JWT_PUBLIC_KEY", "JWT_PRIVATE_KEY"):
-                if getattr(config, key_name.lower()) is not None:
-                    raise ApiGuardConfigError(
-                        f"APIGUARD_{key_name}: PEM keys need public-key algorithms, but "
-                        f"APIGUARD_JWT_ALGORITHMS is {list(allowed)}. Use RS256, ES256 or EdDSA."
-                    )
-            if config.jwt_secret is not None:
-                self.default_key = _load_key("APIGUARD_JWT_SECRET", config.jwt_secret, allowed)
-            return
-        if config.jwt_secret is not None:
-            raise ApiGuardConfigError(
-                f"APIGUARD_JWT_SECRET: an HMAC secret needs HS* algorithms, but "
-                f"APIGUARD_JWT_ALGORITHMS is {list(allowed)}. Set APIGUARD_JWT_PUBLIC_KEY instead."
-            )
-        public = private = None
-        if config.jwt_public_key is not None:
-            public = _load_key("APIGUARD_JWT_PUBLIC_KEY", config.jwt_public_key, allowed)
-        if config.jwt_private_key is not None:
-            private = _load_key("APIGUARD_JWT_PRIVATE_KEY", config.jwt_private_key, allowed)
-            if private.sign is None:
-                raise ApiGuardConfigError(
-                    "APIGUARD_JWT_PRIVATE_KEY: this is a public key, not a private one."
-                )
-        if public is not None and private is not None:
-            self.default_key = _Key(public.verify, private.sign, public.algorithms & private.algorithms)
-            if not self.default_key.algorithms:
-                raise ApiGuardConfigError(
-                    "APIGUARD_JWT_PRIVATE_KEY: it does not match APIGUARD_JWT_PUBLIC_KEY's type."
-                )
-        else:
-            self.default_key = public or private
 
     # -- verification -------------------------------------------------------------------------
     def verify_header(self, header: str) -> tuple[Identity, str | None]:
@@ -305,7 +108,7 @@ class JwtLayer:
                 now - verified.iat > self.max_age + leeway:
             raise TokenExpired("The token is older than the maximum age.")
 
-    def _select_key(self, header: Mapping[str, Any]) -> _Key:
+    def _select_key(self, header: Mapping[str, Any]) -> Key:
         if self.keys:
             kid = header.get("kid")
             if not isinstance(kid, str) or kid not in self.keys:
@@ -359,8 +162,8 @@ class JwtLayer:
         return claims
 
     def _identity(self, claims: dict[str, Any]) -> _Verified:
-        roles = _names(claims.get(self.roles_claim), "roles", split=False)
-        scopes = _names(claims.get("scope"), "scope", split=True)
+        roles = _claim_names(claims.get(self.roles_claim), "roles", split=False)
+        scopes = _claim_names(claims.get("scope"), "scope", split=True)
         times: list[float | None] = []
         for name in ("exp", "nbf", "iat"):
             value = claims.get(name)
@@ -449,7 +252,9 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def _names(value: Any, claim: str, *, split: bool) -> frozenset[str]:
+def _claim_names(value: Any, claim: str, *, split: bool) -> frozenset[str]:
+    """The names in a roles or ``scope`` claim: a string (split on spaces when ``split``) or
+    a list of strings."""
     if value is None:
         return frozenset()
     if isinstance(value, str):
