@@ -57,6 +57,7 @@ class GuardState:
             dict(config.storage_options),
             config.ratelimit_strategy,
             config.ratelimit_on_storage_error,
+            config.memory_storage_max_keys,
         )
         #: Every route's probes by its limits and bucket names (one bound for the app).
         self.probe_cache = ProbeCache()
