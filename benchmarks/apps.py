@@ -10,6 +10,8 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import secrets
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -209,3 +211,23 @@ def apiguard_app(storage_uri: str = "memory://", limit: str = LIMIT, **config: A
 
     ApiGuard(app)
     return app
+
+
+# -- Redis key space ------------------------------------------------------------------------------
+
+def redis_prefix() -> str:
+    """A key prefix of this run's own: the Redis given may be shared, so nothing is flushed;
+    the run's keys are counted under this prefix and deleted at the end (:func:`delete_keys`)."""
+    return f"bench-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def delete_keys(url: str, prefix: str) -> int:
+    """Delete the keys starting with ``prefix``, and only those (SCAN MATCH + UNLINK)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        return int(client.unlink(*keys)) if keys else 0
+    finally:
+        client.close()

@@ -132,10 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[Result]] = {name: [] for name, _, _ in configs}
     for _ in range(args.rounds):  # interleaved, so that a noisy minute hits every app alike
         for name, target, env in configs:
-            if args.redis and "BENCH_STORAGE_URI" in env and env["BENCH_STORAGE_URI"] == args.redis:
-                import redis
-
-                redis.Redis.from_url(args.redis).flushdb()
+            if args.redis and env.get("BENCH_STORAGE_URI") == args.redis:
+                # fresh counters: a key prefix of this run's own (the Redis may be shared)
+                prefix = apps.redis_prefix()
+                try:
+                    runs[name].append(run_one(name, target, {**env, "BENCH_STORAGE_PREFIX": prefix},
+                                              args.duration, args.connections))
+                finally:
+                    apps.delete_keys(args.redis, prefix)
+                continue
             runs[name].append(run_one(name, target, env, args.duration, args.connections))
     results = [sorted(found, key=lambda r: r.rps)[len(found) // 2] for found in runs.values()]
     bare = results[0].rps
@@ -147,12 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r.name} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
               f"{100 * r.rps / bare:.0f}% | {r.non_2xx} |")
     if args.redis:
-        import redis
-
-        redis.Redis.from_url(args.redis).flushdb()
-        limited = run_one("limited", "guarded", {"BENCH_STORAGE_URI": args.redis,
-                                                 "BENCH_LIMIT": f"{args.limit} per hour"},
-                          min(args.duration, 5), args.connections)
+        prefix = apps.redis_prefix()
+        try:
+            limited = run_one("limited", "guarded", {"BENCH_STORAGE_URI": args.redis,
+                                                     "BENCH_STORAGE_PREFIX": prefix,
+                                                     "BENCH_LIMIT": f"{args.limit} per hour"},
+                              min(args.duration, 5), args.connections)
+        finally:
+            apps.delete_keys(args.redis, prefix)
         admitted = limited.requests - limited.non_2xx
         print(f"\nlimit {args.limit} per hour, 2 workers sharing Redis: {limited.requests} requests, "
               f"{admitted} admitted, {limited.non_2xx} refused (429) -> "

@@ -60,7 +60,7 @@ def _guard_row(**config: Any) -> tuple[Callable[..., Any], dict[str, Any], bytes
     return app, apps.environ_for(token), apps.BODY
 
 
-def rows(redis_url: str | None) -> list[Row]:
+def rows(redis_url: str | None, prefix: str = "") -> list[Row]:
     token = apps.hs256_token()
     env = apps.environ_for(token)
     found = [
@@ -84,9 +84,11 @@ def rows(redis_url: str | None) -> list[Row]:
         APIGUARD_JWT_PRIVATE_KEY=private, APIGUARD_JWT_PUBLIC_KEY=public,
         APIGUARD_JWT_CACHE_SIZE=0)))
     if redis_url:
-        found.append(Row("ApiGuard, Redis storage", lambda: _guard_row(storage_uri=redis_url)))
+        options = {"key_prefix": prefix or apps.redis_prefix()}
+        found.append(Row("ApiGuard, Redis storage", lambda: _guard_row(
+            storage_uri=redis_url, APIGUARD_STORAGE_OPTIONS=options)))
         found.append(Row("ApiGuard, Redis storage, revocation on", lambda: _guard_row(
-            storage_uri=redis_url, APIGUARD_JWT_REVOCATION=True)))
+            storage_uri=redis_url, APIGUARD_STORAGE_OPTIONS=options, APIGUARD_JWT_REVOCATION=True)))
     return found
 
 
@@ -129,17 +131,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS_URL"),
-                        help="a Redis URL for the Redis rows (its database is flushed)")
+                        help="a Redis URL for the Redis rows (counted under a key prefix of "
+                             "this run's own, deleted at the end; nothing else is touched)")
     parser.add_argument("--only", action="append", default=[], help="substring of row names")
     args = parser.parse_args(argv)
     iterations, repeats = (20, 2) if args.quick else (args.iterations, args.repeats)
-    if args.redis:
-        import redis
-
-        redis.Redis.from_url(args.redis).flushdb()
-    selected = [r for r in rows(args.redis)
+    prefix = apps.redis_prefix()
+    selected = [r for r in rows(args.redis, prefix)
                 if not args.only or any(o.lower() in r.name.lower() for o in args.only)]
-    results = measure(selected, iterations, repeats)
+    try:
+        results = measure(selected, iterations, repeats)
+    finally:
+        if args.redis:
+            apps.delete_keys(args.redis, prefix)
     print(f"# {platform.python_implementation()} {platform.python_version()} on "
           f"{platform.machine()}, {os.cpu_count()} CPUs; {iterations} requests x {repeats} "
           f"repeats, median; {time.strftime('%Y-%m-%d')}")

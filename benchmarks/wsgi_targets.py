@@ -1,6 +1,7 @@
 """WSGI apps for the gunicorn load run (``benchmarks/load.py``), configured by environment:
 
-``BENCH_STORAGE_URI`` (default ``memory://``) and ``BENCH_LIMIT`` (the guarded view's limit).
+``BENCH_STORAGE_URI`` (default ``memory://``), ``BENCH_STORAGE_PREFIX`` (the Redis key prefix
+of the run, see ``apps.redis_prefix``) and ``BENCH_LIMIT`` (the guarded view's limit).
 ``floor`` is the guarded app on memory storage plus one bare ``PING`` to ``BENCH_PING_URL``
 per request on a plain socket (no client library, no script): what any design with one Redis
 round trip per request could at best reach on this machine.
@@ -18,9 +19,12 @@ from benchmarks import apps
 
 _storage = os.environ.get("BENCH_STORAGE_URI", "memory://")
 _limit = os.environ.get("BENCH_LIMIT", apps.LIMIT)
+_prefix = os.environ.get("BENCH_STORAGE_PREFIX")
+_options = {"key_prefix": _prefix} if _prefix else {}
 
 bare = apps.bare_flask()
-guarded = apps.apiguard_app(storage_uri=_storage, limit=_limit, APIGUARD_TRUSTED_PROXIES=1)
+guarded = apps.apiguard_app(storage_uri=_storage, limit=_limit, APIGUARD_TRUSTED_PROXIES=1,
+                            APIGUARD_STORAGE_OPTIONS=_options)
 
 
 def _floor() -> Any:

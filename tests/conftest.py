@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
+import secrets
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from flask import Flask
@@ -108,6 +111,73 @@ def problem(response: Any) -> dict[str, Any]:
     return body
 
 
+# -- the counters' clock ----------------------------------------------------------------------
+
+#: A moment at which every clock-aligned window (second, minute, 15 minutes, hour, day) starts.
+WINDOWS_START = 1_800_000_000 - 1_800_000_000 % 86_400
+
+
+class CounterClock:
+    """The clock the in-memory counters read: ``flask_apiguard.storage`` and limits'
+    ``MemoryStorage`` call ``time.time()`` through this object (every other ``time`` function,
+    and every other module, keep the real clock; tokens are checked against real time).
+
+    limits' memory windows line up with the clock (a minute window turns at :00), and a
+    sliding-window counter admits one more request just after a boundary than just before it,
+    so a test that counts to a limit fails when a boundary passes mid-test (the last minute of
+    an hour, for an hourly limit). Here each test starts 1 ms into every window, however late
+    it runs, and the clock goes on at real speed; :meth:`freeze` stops it at a chosen point and
+    :meth:`advance` moves it on, for tests about what the windows report."""
+
+    def __init__(self) -> None:
+        self.offset = WINDOWS_START + 0.001 - time.time()
+        self.frozen: float | None = None
+
+    def time(self) -> float:
+        if self.frozen is not None:
+            return self.frozen
+        return time.time() + self.offset  # read through the module: test_counting fakes it
+
+    def now(self) -> float:
+        return self.time()
+
+    def freeze(self, into_window: float = 0.001) -> float:
+        """Stop the clock ``into_window`` seconds after :data:`WINDOWS_START`; returns it."""
+        self.frozen = WINDOWS_START + into_window
+        return self.frozen
+
+    def advance(self, seconds: float) -> None:
+        if self.frozen is not None:
+            self.frozen += seconds
+        else:
+            self.offset += seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)  # monotonic, perf_counter, sleep...
+
+
+#: Fixtures of tests on Redis: there no window follows the wall clock (limits' Redis windows
+#: start at a counter's first hit) and the Lua gate, limits' Redis storage and other processes
+#: all read the real clock, so those tests keep it.
+_REDIS_FIXTURES = frozenset({"redis_run", "private_redis", "servers", "tls_redis"})
+
+
+@pytest.fixture(autouse=True)
+def counter_clock(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> CounterClock:
+    """Every test on memory storage starts at the beginning of every window (see
+    :class:`CounterClock`); a test may ``freeze`` or ``advance`` it."""
+    import limits.storage.memory
+
+    import flask_apiguard.storage
+
+    clock = CounterClock()
+    on_redis = _REDIS_FIXTURES & set(request.fixturenames) or request.node.get_closest_marker("redis")
+    if not on_redis:
+        monkeypatch.setattr(flask_apiguard.storage, "time", clock)
+        monkeypatch.setattr(limits.storage.memory, "time", clock)
+    return clock
+
+
 # -- keys ---------------------------------------------------------------------------------------
 
 def private_pem(key: Any) -> str:
@@ -154,12 +224,46 @@ def ed_key() -> Any:
 
 
 # -- Redis --------------------------------------------------------------------------------------
+#
+# The Redis server of REDIS_URL may be shared: other runs of this suite, other developers. So a
+# run never flushes anything. It owns one key prefix, ``agt-<pid>-<random>``; each test gets
+# ``<run prefix>-t<n>`` (``redis_prefix``), passes it to the guard as
+# ``APIGUARD_STORAGE_OPTIONS={"key_prefix": ...}`` (``storage_options``, ``redis_config``),
+# reads raw keys under it only, and its keys are deleted (SCAN MATCH prefix* + UNLINK) when it
+# ends, and the whole run's when the session ends. Tests that change the server itself
+# (SCRIPT FLUSH, CLIENT KILL of every client, MONITOR, stopping it) use ``private_redis``.
+
+#: This run's key prefix: no other run (another pytest, another clone, another developer) on
+#: the same Redis shares it. Only letters, digits and dashes: safe in a SCAN MATCH pattern.
+RUN_PREFIX = f"agt-{os.getpid()}-{secrets.token_hex(4)}"
+_test_numbers = itertools.count(1)
+
+
+def delete_keys(client: Any, prefix: str) -> int:
+    """Delete the keys starting with ``prefix`` (and only those): SCAN MATCH + UNLINK."""
+    assert prefix.startswith(RUN_PREFIX) and re.fullmatch(r"[A-Za-z0-9-]+", prefix), prefix
+    deleted = 0
+    batch: list[Any] = []
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            deleted += client.unlink(*batch)
+            batch = []
+    if batch:
+        deleted += client.unlink(*batch)
+    return deleted
+
+
+def redis_test_url() -> str:
+    """``REDIS_URL_TESTS`` or ``REDIS_URL`` as given (nothing in it is flushed), else db 9."""
+    return os.environ.get("REDIS_URL_TESTS") or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+
 
 def _redis_or_skip(url: str) -> Any:
     try:
         import redis
 
-        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=5)
         client.ping()
     except Exception as exc:
         message = f"Redis is not reachable at {url} ({type(exc).__name__}); set REDIS_URL"
@@ -169,18 +273,61 @@ def _redis_or_skip(url: str) -> Any:
     return client
 
 
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A Redis database for this test, emptied before and after (``REDIS_URL``, db 9 default)."""
-    url = os.environ.get("REDIS_URL_TESTS") or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
-    parts = urlsplit(url)
-    if parts.path in ("", "/", "/0"):
-        url = urlunsplit(parts._replace(path="/9"))
+@dataclass(frozen=True)
+class RedisRun:
+    """The shared Redis server of this run and its key prefix."""
+
+    url: str
+    prefix: str
+    client: Any
+
+
+@pytest.fixture(scope="session")
+def redis_run() -> Iterator[RedisRun]:
+    url = redis_test_url()
     client = _redis_or_skip(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
+    yield RedisRun(url, RUN_PREFIX, client)
+    delete_keys(client, RUN_PREFIX)  # whatever a test left behind, and nothing else
     client.close()
+
+
+@pytest.fixture
+def redis_prefix(redis_run: RedisRun) -> Iterator[str]:
+    """This test's own key prefix on the shared Redis; its keys are deleted when it ends."""
+    prefix = f"{redis_run.prefix}-t{next(_test_numbers):05d}"
+    yield prefix
+    delete_keys(redis_run.client, prefix)
+
+
+@pytest.fixture
+def redis_url(redis_run: RedisRun, redis_prefix: str) -> str:
+    """The shared Redis (``REDIS_URL``, db 9 by default). Use it with ``storage_options`` (or
+    ``redis_config``): the database is shared, only keys under ``redis_prefix`` are this test's."""
+    return redis_run.url
+
+
+@pytest.fixture
+def storage_options(redis_prefix: str) -> dict[str, Any]:
+    """``APIGUARD_STORAGE_OPTIONS`` (and ``SharedState`` options) that keep to this test's keys."""
+    return {"key_prefix": redis_prefix}
+
+
+@pytest.fixture
+def redis_config(redis_url: str, storage_options: dict[str, Any]) -> Callable[..., dict[str, Any]]:
+    """``redis_config(**config)``: guard config on the shared Redis under this test's prefix
+    (``APIGUARD_STORAGE_OPTIONS`` given here are added to the prefix)."""
+
+    def factory(**config: Any) -> dict[str, Any]:
+        options = {**storage_options, **config.pop("APIGUARD_STORAGE_OPTIONS", {})}
+        return {"APIGUARD_STORAGE_URI": redis_url, "APIGUARD_STORAGE_OPTIONS": options, **config}
+
+    return factory
+
+
+def own_keys(client: Any, prefix: str) -> list[str]:
+    """The keys under ``prefix`` (this test's), sorted, as text."""
+    return sorted(k.decode() if isinstance(k, bytes) else k
+                  for k in client.scan_iter(match=f"{prefix}*", count=1000))
 
 
 def free_port() -> int:
@@ -196,27 +343,49 @@ class PrivateRedis:
         self.binary = binary
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.started_once = False
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
+        """Start the server (again on the same port after :meth:`stop`). A port found free can
+        be taken by another run before the server binds it: then the server exits, and a
+        first start tries another port, so that this test never talks to someone else's."""
+        for _ in range(5):
+            if self._launch():
+                return
+            if self.started_once:
+                break
+            self.port = free_port()
+        raise RuntimeError(f"the private redis-server did not start on port {self.port}")
+
+    def _launch(self) -> bool:
+        process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+        import redis
+
+        probe = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("the private redis-server did not start")
+        try:
+            while time.monotonic() < deadline and process.poll() is None:
+                try:
+                    # the server answering must be this one, not another run's on the port
+                    if probe.info("server")["process_id"] == process.pid:
+                        self.process, self.started_once = process, True
+                        return True
+                    break
+                except (redis.RedisError, OSError):
+                    time.sleep(0.05)
+        finally:
+            probe.close()
+        process.kill()
+        process.wait(timeout=10)
+        return False
 
     def stop(self) -> None:
         if self.process is not None:
@@ -236,3 +405,12 @@ def private_redis() -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def dead_port() -> Iterator[int]:
+    """A loopback port where nothing listens, held for the test: it is bound (so no other run's
+    server can take it meanwhile) but not listening, so connections to it are refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])

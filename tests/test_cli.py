@@ -29,7 +29,7 @@ from flask_apiguard import (
     validate,
 )
 
-from .conftest import SECRET, HttpsClient, PrivateRedis, base_config, bearer, free_port, problem
+from .conftest import SECRET, HttpsClient, PrivateRedis, base_config, bearer, problem
 
 ENVIRONMENT = ("FLASK_DEBUG", "SERVER_SOFTWARE", "WEB_CONCURRENCY", "DYNO", "K_SERVICE", "FLY_APP_NAME",
                "RENDER", "RAILWAY_ENVIRONMENT", "WEBSITE_SITE_NAME")
@@ -450,10 +450,10 @@ def test_check_memory_storage_under_gunicorn(make_app: Any,
 
 
 @pytest.mark.redis
-def test_check_redis_storage_under_gunicorn_is_fine(make_app: Any, redis_url: str,
+def test_check_redis_storage_under_gunicorn_is_fine(make_app: Any, redis_config: Any,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SERVER_SOFTWARE", "gunicorn/22.0.0")
-    app = make_app(APIGUARD_STORAGE_URI=redis_url, APIGUARD_JWT_REVOCATION=True)
+    app = make_app(**redis_config(APIGUARD_JWT_REVOCATION=True))
     found = ids(check_json(app)[1])
     assert "memory-storage-several-workers" not in found and "revocation-in-memory" not in found
 
@@ -621,8 +621,8 @@ def test_token_is_not_accepted_by_an_app_with_another_secret(make_app: Any) -> N
     assert other.test_client().get("/private", headers=bearer(token)).status_code == 401
 
 
-def test_keys_commands_fail_cleanly_when_the_store_is_down(tmp_path: Any) -> None:
-    app = bare_app(tmp_path, APIGUARD_API_KEY_STORE=f"redis://127.0.0.1:{free_port()}/0")
+def test_keys_commands_fail_cleanly_when_the_store_is_down(tmp_path: Any, dead_port: int) -> None:
+    app = bare_app(tmp_path, APIGUARD_API_KEY_STORE=f"redis://127.0.0.1:{dead_port}/0")
     ApiGuard(app)
     for args in (("keys", "list"), ("keys", "create", "bot"), ("keys", "revoke", "abc")):
         result = run(app, *args)

@@ -137,7 +137,7 @@ def test_the_docs_read_the_jwt_secret_from_the_environment() -> None:
 # "5 per 15 minutes" answering Retry-After: 389 looked like a bug: nothing explained it.
 
 def test_the_retry_after_walk_through_is_what_the_code_answers(
-    make_app: Any, monkeypatch: pytest.MonkeyPatch
+    make_app: Any, counter_clock: Any
 ) -> None:
     app = make_app(init=False)
 
@@ -149,10 +149,10 @@ def test_the_retry_after_walk_through_is_what_the_code_answers(
 
     ApiGuard(app)
     client = app.test_client()
-    noon = 1_800_000_000.0 - 1_800_000_000.0 % 900  # 12:00:00 of the page: a window starts
     answers = []
+    # 12:00:00 of the page is the counters' clock at a moment every window starts
     for at in (510.2, 510.4, 510.6, 510.8, 511.0, 511.4, 900.4, 901.0, 1080.4, 1260.4):
-        monkeypatch.setattr("time.time", lambda at=at: noon + at)
+        counter_clock.freeze(at)
         response = client.post("/login")
         answers.append((response.status_code, response.headers.get("Retry-After")))
     assert answers == [(200, None)] * 5 + [(429, "389"), (200, None), (429, "179"),

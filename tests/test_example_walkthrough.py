@@ -84,30 +84,49 @@ def server(tmp_path: Path) -> Iterator[int]:
         APIGUARD_JWT_SECRET=SECRET,
     )
     log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(["bash", "-c", run_recipe(port)], cwd=ROOT, env=env,
-                                   stdout=log, stderr=subprocess.STDOUT)
+    for _attempt in range(3):
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(["bash", "-c", run_recipe(port)], cwd=ROOT, env=env,
+                                       stdout=log, stderr=subprocess.STDOUT)
+        if _started(process, port, log_path):
+            break
+        # the free port was taken by someone else before the server bound it: another one
+        _stop(process)
+        if "Address already in use" not in log_path.read_text(errors="replace"):
+            pytest.fail("the server did not start:\n" + log_path.read_text(errors="replace"))
+        port = free_port()
+    else:
+        pytest.fail("the server found no free port:\n" + log_path.read_text(errors="replace"))
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        yield port
+    finally:
+        _stop(process)
+    assert "Traceback" not in log_path.read_text(errors="replace")
+
+
+def _started(process: subprocess.Popen[bytes], port: int, log_path: Path) -> bool:
+    """Whether this server (not another one on the same port) bound ``port`` and answers:
+    the development server prints "Running on http://127.0.0.1:<port>" once it has bound it."""
+    deadline = time.monotonic() + 30
+    while process.poll() is None and time.monotonic() < deadline:
+        if f"Running on http://127.0.0.1:{port}" in log_path.read_text(errors="replace"):
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
                     if r.status == 200:
-                        break
+                        return True
             except OSError:
                 pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("the server did not start:\n" + log_path.read_text(errors="replace"))
-            time.sleep(0.1)
-        yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-    assert "Traceback" not in log_path.read_text(errors="replace")
+        time.sleep(0.1)
+    return False
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 # -- what each step must print -------------------------------------------------------------------

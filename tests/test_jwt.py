@@ -567,8 +567,8 @@ def test_revoke_token_refuses_a_foreign_token(make_app: Any) -> None:
 
 
 @pytest.mark.redis
-def test_revocation_is_shared_between_apps_through_redis(make_app: Any, redis_url: str) -> None:
-    config = {"APIGUARD_JWT_REVOCATION": True, "APIGUARD_STORAGE_URI": redis_url}
+def test_revocation_is_shared_between_apps_through_redis(make_app: Any, redis_config: Any) -> None:
+    config = redis_config(APIGUARD_JWT_REVOCATION=True)
     app_a, app_b = jwt_app(make_app, **config), jwt_app(make_app, **config)
     token = token_for(app_a)
     assert whoami(app_b, token).status_code == 200

@@ -24,8 +24,9 @@ def test_the_script_embeds_limits_own_lua(strategy: str) -> None:
 
 
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
-def test_gate_counts_what_limits_strategies_read(redis_url: str, strategy: str) -> None:
-    shared = SharedState(redis_url, {}, strategy, "closed")
+def test_gate_counts_what_limits_strategies_read(redis_url: str, storage_options: dict[str, Any],
+                                                 strategy: str) -> None:
+    shared = SharedState(redis_url, storage_options, strategy, "closed")
     assert isinstance(shared.primary, RedisScriptBackend)
     item = parse("3/minute")
     ids = ("apiguard", "view:x", "ip:198.51.100.1")
@@ -46,12 +47,14 @@ def test_gate_counts_what_limits_strategies_read(redis_url: str, strategy: str) 
 
 
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
-def test_gate_order_throttle_then_failure_then_revocation(redis_url: str, strategy: str) -> None:
-    shared = SharedState(redis_url, {}, strategy, "closed")
+def test_gate_order_throttle_then_failure_then_revocation(
+        redis_url: str, storage_options: dict[str, Any], redis_prefix: str, strategy: str) -> None:
+    shared = SharedState(redis_url, storage_options, strategy, "closed")
     fail = [LimitProbe(parse("2/minute"), ("apiguard", "authfail", "ip:192.0.2.9"))]
     limit = [LimitProbe(parse("10/minute"), ("apiguard", "view:z", "sub:ann"))]
-    shared.revoke("revoked-jti", 60)
-    assert shared.admit(fail, False, "revoked-jti", limit, True).revoked
+    jti = f"revoked-jti-{redis_prefix}"  # unique to the run until revocation keys are prefixed
+    shared.revoke(jti, 60)
+    assert shared.admit(fail, False, jti, limit, True).revoked
     assert not shared.admit(fail, True, None, limit, True).throttled  # second failure counted
     throttled = shared.admit(fail, False, None, limit, True)
     assert throttled.throttled and throttled.retry_after >= 1
@@ -60,9 +63,13 @@ def test_gate_order_throttle_then_failure_then_revocation(redis_url: str, strate
     assert verdict.window is not None and verdict.window.remaining == 9
 
 
-def test_failures_only_probe_holds_a_place_until_it_settles(redis_url: str) -> None:
-    shared = SharedState(redis_url, {}, "sliding-window-counter", "closed")
-    probe = LimitProbe(parse("1/minute"), ("apiguard", "view:login", "ip:x"), hit=False)
+def test_failures_only_probe_holds_a_place_until_it_settles(
+        redis_url: str, storage_options: dict[str, Any], redis_prefix: str) -> None:
+    shared = SharedState(redis_url, storage_options, "sliding-window-counter", "closed")
+    # the client named after the test: its in-flight places are its own even where the guard's
+    # own keys do not follow key_prefix yet
+    probe = LimitProbe(parse("1/minute"), ("apiguard", "view:login", f"ip:{redis_prefix}"),
+                       hit=False)
     first = shared.admit((), False, None, [probe], True)
     assert first.breached is None and first.reserved == (probe,)
     # while the first request is in flight the only place is taken

@@ -38,38 +38,52 @@ def remaining(shared: SharedState, name: str) -> int:
     return verdict.window.remaining
 
 
-def test_a_flushed_script_is_loaded_again(redis_url: str) -> None:
-    shared = SharedState(redis_url, {}, "fixed-window", "closed")
+def test_a_flushed_script_is_loaded_again(private_redis: PrivateRedis) -> None:
+    # SCRIPT FLUSH empties the script cache of the whole server: a server of the test's own
+    shared = SharedState(private_redis.url, {}, "fixed-window", "closed")
     assert isinstance(shared.primary, RedisScriptBackend)
     assert remaining(shared, "a") == 999
-    redis.Redis.from_url(redis_url).script_flush()
+    redis.Redis.from_url(private_redis.url).script_flush()
     assert remaining(shared, "a") == 998
     assert shared._down_since is None
 
 
-def kill_clients(url: str) -> None:
-    redis.Redis.from_url(url).execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+@pytest.fixture
+def named(storage_options: dict[str, Any], redis_prefix: str) -> dict[str, Any]:
+    """Storage options whose connections carry this test's name (``CLIENT SETNAME``), so that
+    :func:`kill_clients` closes them and no one else's on the shared server."""
+    return {**storage_options, "client_name": redis_prefix}
 
 
-def test_a_connection_closed_by_redis_is_replaced_before_use(redis_url: str, caplog: Any) -> None:
-    shared = SharedState(redis_url, {}, "fixed-window", "fallback")
+def kill_clients(url: str, name: str) -> None:
+    """Close, server side, every connection named ``name`` (this test's, see ``named``)."""
+    with redis.Redis.from_url(url) as admin:
+        ids = [c["id"] for c in admin.client_list() if c.get("name") == name]
+        assert ids, f"no connection named {name}"
+        for client_id in ids:
+            admin.client_kill_filter(_id=client_id)
+
+
+def test_a_connection_closed_by_redis_is_replaced_before_use(redis_url: str, named: dict[str, Any],
+                                                             caplog: Any) -> None:
+    shared = SharedState(redis_url, named, "fixed-window", "fallback")
     backend = shared.primary
     assert isinstance(backend, RedisScriptBackend)
     assert remaining(shared, "b") == 999
     assert len(backend.script._idle) == 1
-    kill_clients(redis_url)
+    kill_clients(redis_url, named["client_name"])
     with caplog.at_level(logging.WARNING, logger="flask_apiguard"):
         assert remaining(shared, "b") == 998  # counted on Redis, not on the fallback
     assert shared._down_since is None
     assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
 
 
-def test_dropped_connections_go_back_to_the_pool(redis_url: str) -> None:
+def test_dropped_connections_go_back_to_the_pool(redis_url: str, named: dict[str, Any]) -> None:
     # a pool capped at 4 connections survives any number of dropped ones
-    shared = SharedState(redis_url, {"max_connections": 4}, "fixed-window", "closed")
+    shared = SharedState(redis_url, {**named, "max_connections": 4}, "fixed-window", "closed")
     for cycle in range(12):
         assert remaining(shared, "cap") == 999 - 2 * cycle
-        kill_clients(redis_url)
+        kill_clients(redis_url, named["client_name"])
         assert remaining(shared, "cap") == 998 - 2 * cycle
     backend = shared.primary
     assert isinstance(backend, RedisScriptBackend)
@@ -116,8 +130,9 @@ def _child_admits(url: str, shared_holder: list[SharedState], queue: Any) -> Non
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_child_uses_its_own_connections(redis_url: str) -> None:
-    shared = SharedState(redis_url, {}, "fixed-window", "closed")
+def test_a_forked_child_uses_its_own_connections(redis_url: str,
+                                                 storage_options: dict[str, Any]) -> None:
+    shared = SharedState(redis_url, storage_options, "fixed-window", "closed")
     backend = shared.primary
     assert isinstance(backend, RedisScriptBackend)
     assert remaining(shared, "e") == 999
@@ -138,7 +153,7 @@ C_FORK = """
 import ctypes, os, sys
 from limits import parse
 from flask_apiguard.storage import LimitProbe, SharedState
-shared = SharedState(sys.argv[1], {}, "fixed-window", "closed")
+shared = SharedState(sys.argv[1], {"key_prefix": sys.argv[2]}, "fixed-window", "closed")
 def left(name):
     return shared.admit((), False, None, [LimitProbe(parse("100000/hour"),
                         ("apiguard", "view:cfork", name))], True).window.remaining
@@ -153,11 +168,11 @@ os.waitpid(pid, 0)
 """
 
 
-def test_a_fork_without_python_hooks_never_shares_a_socket(redis_url: str) -> None:
+def test_a_fork_without_python_hooks_never_shares_a_socket(redis_url: str, redis_prefix: str) -> None:
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", C_FORK, redis_url], capture_output=True,
+    done = subprocess.run([sys.executable, "-c", C_FORK, redis_url, redis_prefix], capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert sorted(done.stdout.split("\n")[:2]) == ["child 0", "parent 0"], done.stdout
@@ -226,14 +241,14 @@ class DropOneAnswer(RedisProxy):
         return True
 
 
-def test_the_script_is_never_sent_twice(redis_url: str) -> None:
+def test_the_script_is_never_sent_twice(redis_url: str, storage_options: dict[str, Any]) -> None:
     from urllib.parse import urlsplit
 
     parts = urlsplit(redis_url)
     proxy = DropOneAnswer((parts.hostname or "127.0.0.1", parts.port or 6379))
     try:
-        shared = SharedState(f"redis://127.0.0.1:{proxy.port}{parts.path}", {}, "fixed-window",
-                             "closed")
+        shared = SharedState(f"redis://127.0.0.1:{proxy.port}{parts.path}", storage_options,
+                             "fixed-window", "closed")
         assert remaining(shared, "once") == 999
         proxy.armed = True
         with pytest.raises(ServiceUnavailable):  # the answer is lost: the fault policy answers
@@ -245,11 +260,13 @@ def test_the_script_is_never_sent_twice(redis_url: str) -> None:
         proxy.listener.close()
 
 
-def test_a_burst_as_wide_as_the_pool_leaves_room_for_other_commands(redis_url: str) -> None:
+def test_a_burst_as_wide_as_the_pool_leaves_room_for_other_commands(
+        redis_url: str, storage_options: dict[str, Any], redis_prefix: str) -> None:
     import threading
 
     width = 4
-    shared = SharedState(redis_url, {"max_connections": width}, "fixed-window", "closed")
+    shared = SharedState(redis_url, {**storage_options, "max_connections": width}, "fixed-window",
+                         "closed")
     backend = shared.primary
     assert isinstance(backend, RedisScriptBackend)
     caller = backend.script
@@ -260,7 +277,9 @@ def test_a_burst_as_wide_as_the_pool_leaves_room_for_other_commands(redis_url: s
         return run(conn, keys, arg)
 
     caller._run = together  # type: ignore[method-assign]
-    login = [LimitProbe(parse("5/minute"), ("apiguard", "view:login", "ip:1"), hit=False)]
+    # a client of the test's own: its in-flight places are its own on a shared server
+    login = [LimitProbe(parse("5/minute"), ("apiguard", "view:login", f"ip:{redis_prefix}"),
+                        hit=False)]
     verdicts: list[Any] = []
     threads = [threading.Thread(target=lambda: verdicts.append(
         shared.admit((), False, None, login, True))) for _ in range(width)]
@@ -305,14 +324,15 @@ def _target(url: str) -> tuple[tuple[str, int], str]:
 
 
 def test_a_long_idle_connection_answers_a_ping_before_the_script(
-        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        redis_url: str, storage_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     from flask_apiguard.redis_gate import ScriptCaller
 
     target, path = _target(redis_url)
     proxy = SilentDrop(target)
     monkeypatch.setattr(ScriptCaller, "IDLE_CHECK", 0.2)
     try:
-        shared = SharedState(f"redis://127.0.0.1:{proxy.port}{path}", {}, "fixed-window", "closed")
+        shared = SharedState(f"redis://127.0.0.1:{proxy.port}{path}", storage_options,
+                             "fixed-window", "closed")
         assert remaining(shared, "idle") == 999
         time.sleep(0.4)
         proxy.expire()  # dropped silently while idle: no poll can see it
@@ -322,13 +342,15 @@ def test_a_long_idle_connection_answers_a_ping_before_the_script(
         proxy.listener.close()
 
 
-def test_a_kept_connection_that_fails_takes_its_siblings_with_it(redis_url: str) -> None:
+def test_a_kept_connection_that_fails_takes_its_siblings_with_it(
+        redis_url: str, storage_options: dict[str, Any]) -> None:
     import threading
 
     target, path = _target(redis_url)
     proxy = SilentDrop(target)
     try:
-        shared = SharedState(f"redis://127.0.0.1:{proxy.port}{path}", {}, "fixed-window", "closed")
+        shared = SharedState(f"redis://127.0.0.1:{proxy.port}{path}", storage_options,
+                             "fixed-window", "closed")
         backend = shared.primary
         assert isinstance(backend, RedisScriptBackend)
         caller = backend.script
@@ -356,21 +378,24 @@ def test_a_kept_connection_that_fails_takes_its_siblings_with_it(redis_url: str)
         proxy.listener.close()
 
 
-def test_without_poll_select_checks_the_connection(redis_url: str,
+def test_without_poll_select_checks_the_connection(redis_url: str, named: dict[str, Any],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from flask_apiguard import redis_gate
 
     monkeypatch.setattr(redis_gate, "_poll", None)  # as on Windows
-    shared = SharedState(redis_url, {}, "fixed-window", "closed")
+    shared = SharedState(redis_url, named, "fixed-window", "closed")
     assert remaining(shared, "sel") == 999
-    kill_clients(redis_url)
+    kill_clients(redis_url, named["client_name"])
     assert remaining(shared, "sel") == 998
     assert shared._down_since is None
 
 
-def test_a_pool_of_one_connection_is_never_kept(redis_url: str) -> None:
-    shared = SharedState(redis_url, {"max_connections": 1}, "fixed-window", "closed")
-    login = [LimitProbe(parse("5/minute"), ("apiguard", "view:login", "ip:1"), hit=False)]
+def test_a_pool_of_one_connection_is_never_kept(redis_url: str, storage_options: dict[str, Any],
+                                                redis_prefix: str) -> None:
+    shared = SharedState(redis_url, {**storage_options, "max_connections": 1}, "fixed-window",
+                         "closed")
+    login = [LimitProbe(parse("5/minute"), ("apiguard", "view:login", f"ip:{redis_prefix}"),
+                        hit=False)]
     verdict = shared.admit((), False, None, login, True)
     backend = shared.primary
     assert isinstance(backend, RedisScriptBackend)

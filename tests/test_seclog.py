@@ -16,7 +16,7 @@ from marshmallow import fields
 
 from flask_apiguard import ApiGuard, public, rate_limit, require_api_key, roles, signals, validate
 
-from .conftest import SECRET, bearer, free_port, problem, token_for
+from .conftest import SECRET, bearer, problem, token_for
 
 LOGGER = "flask_apiguard.security"
 FIELDS = {"time", "event", "source", "request_id", "method", "path", "status", "client_ip",
@@ -244,8 +244,8 @@ def test_every_failed_request_of_a_series_is_logged(make_app: Any, seclog: Any) 
                                                  "too_many_auth_failures"]
 
 
-def test_storage_unavailable_is_an_error_record(make_app: Any, seclog: Any) -> None:
-    app = guarded_app(make_app, APIGUARD_STORAGE_URI=f"redis://127.0.0.1:{free_port()}/0",
+def test_storage_unavailable_is_an_error_record(make_app: Any, seclog: Any, dead_port: int) -> None:
+    app = guarded_app(make_app, APIGUARD_STORAGE_URI=f"redis://127.0.0.1:{dead_port}/0",
                       APIGUARD_RATELIMIT_ON_STORAGE_ERROR="closed")
     response = app.test_client().get("/limited")
     assert response.status_code == 503

@@ -25,7 +25,7 @@ from flask_apiguard import (
     validate,
 )
 
-from .conftest import SECRET, bearer, free_port, problem, token_for
+from .conftest import SECRET, bearer, problem, token_for
 
 KWARGS = {"request_id", "error", "status", "method", "path", "client_ip", "identity"}
 ALL_SIGNALS = {
@@ -218,9 +218,9 @@ REJECTIONS: list[tuple[str, dict[str, Any], Callable[[Any], Any], int]] = [
 
 @pytest.mark.parametrize(("error", "config", "send", "status"), REJECTIONS,
                          ids=[f"{r[0]}-{i}" for i, r in enumerate(REJECTIONS)])
-def test_request_rejected(make_app: Any, error: str, config: dict[str, Any],
+def test_request_rejected(make_app: Any, dead_port: int, error: str, config: dict[str, Any],
                           send: Callable[[Any], Any], status: int) -> None:
-    port = free_port()
+    port = dead_port
     config = {k: v.format(port=port) if isinstance(v, str) else v for k, v in config.items()}
     app = signal_app(make_app, **config)
     with listening(app) as events:

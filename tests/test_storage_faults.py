@@ -127,7 +127,8 @@ def test_redis_killed_then_restarted(make_app: Any, private_redis: PrivateRedis,
     recovered = storage_records(caplog)[len(went_down):]
     assert recovered, "no warning on logger flask_apiguard when the storage came back"
 
-    # counted in the shared Redis again: a second instance sees the same budget
+    # counted in the shared Redis again: a second instance sees the same budget (the flush
+    # empties this test's own redis-server, never a shared one)
     store.flushdb()
     other = Timed(fault_app(make_app, private_redis.url, policy).test_client())
     remaining = [c.get("/limited").headers["RateLimit-Remaining"]

@@ -237,9 +237,9 @@ def test_throttled_response_does_not_echo_credentials(app: Flask) -> None:
 
 
 @pytest.mark.redis
-def test_failures_are_shared_between_apps_through_redis(make_app: Any, redis_url: str) -> None:
-    app_a = throttled_app(make_app, APIGUARD_STORAGE_URI=redis_url)
-    app_b = throttled_app(make_app, APIGUARD_STORAGE_URI=redis_url)
+def test_failures_are_shared_between_apps_through_redis(make_app: Any, redis_config: Any) -> None:
+    app_a = throttled_app(make_app, **redis_config())
+    app_b = throttled_app(make_app, **redis_config())
     assert with_token(app_a, ATTACKER, bad_token()).status_code == 401
     assert with_key(app_b, ATTACKER, "agk_nonsense").status_code == 401
     assert with_token(app_a, ATTACKER, "garbage").status_code == 401

@@ -26,7 +26,7 @@ from werkzeug.serving import make_server
 
 from flask_apiguard import ApiGuard, current_identity, public
 
-from ..conftest import IN_CI, SECRET, free_port, token_for
+from ..conftest import IN_CI, SECRET, token_for
 
 pytestmark = pytest.mark.browser
 
@@ -113,7 +113,7 @@ def serve_pages(directory: Path) -> tuple[ThreadingHTTPServer, str]:
     # The same reflected markup as the API's /reflect, served without a CSP: the control.
     (directory / "no-csp.html").write_text(f"<html><body>{XSS}</body></html>")
     handler = functools.partial(QuietHandler, directory=str(directory))
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)  # port 0: the kernel picks a free one
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
@@ -130,7 +130,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         site.seen.append((environ["REQUEST_METHOD"], environ["PATH_INFO"], environ.get("HTTP_ORIGIN")))
         return app(environ, start_response)
 
-    api_server = make_server("127.0.0.1", free_port(), recorder, threaded=True)
+    api_server = make_server("127.0.0.1", 0, recorder, threaded=True)
     threading.Thread(target=api_server.serve_forever, daemon=True).start()
     site.api = f"http://127.0.0.1:{api_server.server_port}"
     yield site

@@ -49,12 +49,12 @@ def hammer(app: Any, count: int, password: str = "wrong") -> Counter[int]:
     return Counter(statuses)
 
 
-@pytest.mark.parametrize("storage", ["memory", "redis"])
+@pytest.mark.parametrize("storage", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def test_fifty_parallel_guesses_run_at_most_five_password_checks(
         make_app: Any, storage: str, request: Any) -> None:
     config = {}
     if storage == "redis":
-        config["APIGUARD_STORAGE_URI"] = request.getfixturevalue("redis_url")
+        config = request.getfixturevalue("redis_config")()
     app = login_app(make_app, **config)
     statuses = hammer(app, 50)
     assert statuses[401] <= 5 and statuses[401] + statuses[429] == 50, statuses

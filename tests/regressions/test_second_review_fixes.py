@@ -72,17 +72,20 @@ def test_sanitized_html_refuses_deep_markup_before_parsing() -> None:
     assert Note().load({"body": "<b>ok</b>"}) == {"body": "<b>ok</b>"}
 
 
-def test_a_lost_redis_place_expires_even_while_the_counter_is_busy(redis_url: str) -> None:
+def test_a_lost_redis_place_expires_even_while_the_counter_is_busy(redis_url: str,
+                                                                   redis_prefix: str) -> None:
     import redis
 
     client = redis.Redis.from_url(redis_url)
     places = RedisInflight(client)
-    places.add("k", "dead-worker", 2)
-    client.zadd(INFLIGHT_PREFIX + "k", {"dead-worker:1": 1, "dead-worker:2": 1})  # long expired
-    places.add("k", "live", 1)  # traffic refreshes the key, not the lost places
-    assert places.get("k") == 1
-    places.release("k", "live", 1)
-    assert places.get("k") == 0
+    key = f"{redis_prefix}:k"  # a counter name of the test's own on the shared server
+    places.add(key, "dead-worker", 2)
+    client.zadd(INFLIGHT_PREFIX + key, {"dead-worker:1": 1, "dead-worker:2": 1})  # long expired
+    places.add(key, "live", 1)  # traffic refreshes the key, not the lost places
+    assert places.get(key) == 1
+    places.release(key, "live", 1)
+    assert places.get(key) == 0
+    client.unlink(INFLIGHT_PREFIX + key)
 
 
 def test_redaction_survives_odd_passwords() -> None:

@@ -101,11 +101,12 @@ def test_numbers_beyond_float_range_are_malformed(app: Any, client: Any) -> None
     assert problem(response)["error"] == "malformed_json"
 
 
-def test_first_hit_of_a_redis_sliding_window_has_a_reset(redis_url: str) -> None:
+def test_first_hit_of_a_redis_sliding_window_has_a_reset(redis_url: str,
+                                                         storage_options: dict[str, Any]) -> None:
     from limits import parse
 
     from flask_apiguard.storage import LimitProbe
 
-    shared = SharedState(redis_url, {}, "sliding-window-counter", "closed")
+    shared = SharedState(redis_url, storage_options, "sliding-window-counter", "closed")
     verdict = shared.admit((), False, None, (LimitProbe(parse("5/minute"), ("a", "b", "c")),), True)
     assert verdict.window is not None and verdict.window.reset_in >= 59
