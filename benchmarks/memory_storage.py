@@ -29,7 +29,8 @@ from typing import Any
 from limits import parse
 
 import flask_apiguard
-from flask_apiguard.storage import LimitProbe, SharedState
+from flask_apiguard.ratelimit.probes import LimitProbe
+from flask_apiguard.ratelimit.shared import SharedState
 
 LIMIT = parse("100 per 15 minutes")
 

@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     from limits import parse
 
     from benchmarks import apps
-    from flask_apiguard.storage import LimitProbe, SharedState
+    from flask_apiguard.ratelimit.probes import LimitProbe
+    from flask_apiguard.ratelimit.shared import SharedState
 
     client = redis.Redis.from_url(args.redis)
     prefix = apps.redis_prefix()

@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     from flask_apiguard import ApiGuard, extension, response
     from flask_apiguard.layers.body import BodyGuard
     from flask_apiguard.layers.jwt import JwtLayer
-    from flask_apiguard.layers.ratelimit import FailureLimit
-    from flask_apiguard.storage import SharedState
+    from flask_apiguard.ratelimit.probes import FailureLimit
+    from flask_apiguard.ratelimit.shared import SharedState
 
     totals: Counter[str] = Counter()
     # steps the pipeline looks up at call time (classes and module globals)

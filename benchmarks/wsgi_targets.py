@@ -32,7 +32,7 @@ def _floor() -> Any:
     import threading
     from urllib.parse import urlsplit
 
-    from flask_apiguard import storage
+    from flask_apiguard.ratelimit import backend as storage
 
     parts = urlsplit(os.environ.get("BENCH_PING_URL", "redis://127.0.0.1:6379/0"))
     address = (parts.hostname or "127.0.0.1", parts.port or 6379)

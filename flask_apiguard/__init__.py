@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from . import fields, signals
+from .apikeys import ApiKey
 from .context import current_identity
 from .errors import ApiGuardConfigError, ApiGuardError
 from .extension import ApiGuard
 from .identity import Identity
-from .layers.apikeys import ApiKey
 from .policy import (
     public,
     rate_limit,

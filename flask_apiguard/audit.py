@@ -12,7 +12,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from .storage import redacted
+from .ratelimit.shared import redacted
 
 if TYPE_CHECKING:
     from flask import Flask

@@ -21,7 +21,9 @@ from .layers.requestid import new_request_id
 if TYPE_CHECKING:
     from .errors import ApiGuardError
     from .policy import Route
-    from .storage import Backend, LimitProbe, WindowState
+    from .ratelimit.backend import Backend
+    from .ratelimit.probes import LimitProbe
+    from .ratelimit.window import WindowState
 
 #: The WSGI environ key that holds the per-request :class:`RequestSlot`.
 ENVIRON_KEY = "flask_apiguard.state"

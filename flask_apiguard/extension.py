@@ -23,6 +23,7 @@ from werkzeug.sansio.utils import get_current_url
 from werkzeug.wrappers import Response
 
 from . import response
+from .apikeys import ApiKeyStore, identity_of
 from .audit import warn_at_startup
 from .cli import apiguard_cli
 from .config import load_config
@@ -44,10 +45,9 @@ from .errors import (
 )
 from .identity import ANONYMOUS, Identity, holds
 from .layers import proxies
-from .layers.apikeys import ApiKeyStore, identity_of
-from .layers.ratelimit import probes
 from .layers.validation import load as load_location
 from .policy import Route
+from .ratelimit.probes import probes
 from .response import SECURE_SCHEMES
 from .state import EXTENSION_NAME, GuardState, current_state
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from limits import RateLimitItem, parse_many
 
 from .errors import ApiGuardConfigError
-from .layers.ratelimit import CompiledLimit, compile_limits
+from .ratelimit.probes import CompiledLimit, compile_limits
 
 if TYPE_CHECKING:
     from .config import GuardConfig

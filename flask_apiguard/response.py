@@ -33,8 +33,9 @@ from .context import ENVIRON_KEY, RequestSlot, own_slot
 from .errors import internal_error, problem_response
 
 if TYPE_CHECKING:
+    from .ratelimit.probes import LimitProbe
+    from .ratelimit.window import WindowState
     from .state import GuardState
-    from .storage import LimitProbe, WindowState
 
 _log = logging.getLogger("flask_apiguard")
 

@@ -12,17 +12,18 @@ from flask import Flask, current_app
 from limits import parse_many
 
 from . import seclog
+from .apikeys import ApiKeyStore, open_store
 from .config import GuardConfig
-from .layers.apikeys import ApiKeyStore, open_store
 from .layers.body import BodyGuard
 from .layers.cors import Cors
 from .layers.headers import SecurityHeaders
 from .layers.hosts import TrustedHosts
 from .layers.jwt import JwtLayer
-from .layers.ratelimit import FailureLimit, ProbeCache
 from .layers.requestid import RequestIds
 from .policy import Route, compile_route
-from .storage import SharedState, redis_client_defaults
+from .ratelimit.probes import FailureLimit, ProbeCache
+from .ratelimit.redis_client import redis_client_defaults
+from .ratelimit.shared import SharedState
 
 #: The key of the per-app state in ``app.extensions``.
 EXTENSION_NAME = "apiguard"
@@ -48,7 +49,8 @@ class GuardState:
         self.jwt = JwtLayer(config)
         redis_options = redis_client_defaults() if config.api_key_store.startswith("redis") else {}
         self.api_keys: ApiKeyStore = open_store(
-            config.api_key_store, config.api_key_prefix, app.instance_path, redis_options
+            config.api_key_store, config.api_key_prefix, app.instance_path, redis_options,
+            config.storage_options.get("key_prefix"),
         )
         self.api_key_environ = "HTTP_" + config.api_key_header.upper().replace("-", "_")
         self.request_id_lower = config.request_id_header.lower()

@@ -118,8 +118,8 @@ WINDOWS_START = 1_800_000_000 - 1_800_000_000 % 86_400
 
 
 class CounterClock:
-    """The clock the in-memory counters read: ``flask_apiguard.storage`` and limits'
-    ``MemoryStorage`` call ``time.time()`` through this object (every other ``time`` function,
+    """The clock the in-memory counters read: the modules of ``flask_apiguard.ratelimit`` and
+    limits' ``MemoryStorage`` call ``time.time()`` through this object (every other ``time`` function,
     and every other module, keep the real clock; tokens are checked against real time).
 
     limits' memory windows line up with the clock (a minute window turns at :00), and a
@@ -168,13 +168,14 @@ def counter_clock(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     :class:`CounterClock`); a test may ``freeze`` or ``advance`` it."""
     import limits.storage.memory
 
-    import flask_apiguard.storage
+    from flask_apiguard.ratelimit import backend, counter, memory, places, revocations, shared
 
     clock = CounterClock()
     on_redis = _REDIS_FIXTURES & set(request.fixturenames) or request.node.get_closest_marker("redis")
     if not on_redis:
-        monkeypatch.setattr(flask_apiguard.storage, "time", clock)
-        monkeypatch.setattr(limits.storage.memory, "time", clock)
+        for module in (backend, counter, memory, places, revocations, shared, limits.storage.memory):
+            if hasattr(module, "time"):
+                monkeypatch.setattr(module, "time", clock)
     return clock
 
 

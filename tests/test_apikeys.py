@@ -412,9 +412,28 @@ def test_sqlite_store_shared_with_other_processes(make_app: Any, tmp_path: Path)
     assert results == [expected, expected]
 
 
-# The redis:// key store writes fixed key names (apiguard:apikey:<id>, the apiguard:apikeys
-# index) and has no key prefix option, so on a shared server another run's keys would be listed
-# here: these tests use a redis-server of their own.
+# Without a key_prefix the redis:// key store writes fixed key names (apiguard:apikey:<id>,
+# the apiguard:apikeys index), so on a shared server another run's keys would be listed here:
+# these tests use a redis-server of their own.
+
+@pytest.mark.redis
+def test_redis_store_writes_under_the_storage_key_prefix(
+        make_app: Any, redis_url: str, storage_options: dict[str, Any]) -> None:
+    # The key store ignored key_prefix: two apps sharing a Redis listed each other's keys.
+    import redis
+
+    prefix = storage_options["key_prefix"]
+    app = key_app(make_app, APIGUARD_API_KEY_STORE=redis_url,
+                  APIGUARD_STORAGE_OPTIONS=storage_options)
+    other = key_app(make_app, APIGUARD_API_KEY_STORE=redis_url,
+                    APIGUARD_STORAGE_OPTIONS={"key_prefix": prefix + "-other"})
+    plaintext, key = create(app, "prefixed", owner="svc")
+    create(other, "elsewhere")
+    client = redis.Redis.from_url(redis_url)
+    written = {k.decode() for k in client.scan_iter(match=f"*{prefix}:apiguard:apikey*")}
+    assert written and all(name.startswith(f"{prefix}:apiguard:apikey") for name in written)
+    assert [k.key_id for k in store(app).list()] == [key.key_id]
+    assert call(app, plaintext).status_code == 200
 
 @pytest.mark.redis
 def test_redis_store_is_shared_between_apps(make_app: Any, private_redis: PrivateRedis) -> None:

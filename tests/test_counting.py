@@ -16,7 +16,9 @@ from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import STRATEGIES
 
-from flask_apiguard.storage import Counter, LimitProbe, LocalStorage
+from flask_apiguard.ratelimit.counter import Counter
+from flask_apiguard.ratelimit.memory import LocalStorage
+from flask_apiguard.ratelimit.probes import LimitProbe
 
 from .conftest import CounterClock
 
@@ -127,3 +129,25 @@ def test_one_step_acquire_uses_limits_own_keys(clock: Clock, expiry: int) -> Non
         assert allowed
         assert MemoryStorage.get_sliding_window(storage, "apiguard/k", expiry) == \
             (previous, previous_ttl, current, current_ttl)
+
+
+def test_the_private_names_of_limits_we_rely_on_exist() -> None:
+    # flask_apiguard.ratelimit lists these in its docstring: a limits release that renames one
+    # must fail here, not in production.
+    from limits.storage import MemoryStorage, RedisStorage
+    from limits.util import get_package_data
+
+    from flask_apiguard.ratelimit.gate import _LUA_DIR, _SCRIPTS
+
+    assert callable(getattr(MemoryStorage, "_MemoryStorage__schedule_expiry", None))
+    memory = MemoryStorage()
+    try:
+        for attribute in ("storage", "expirations", "events", "timer"):
+            assert hasattr(memory, attribute), attribute
+    finally:
+        memory.timer.cancel()
+    for method in ("_previous_window_key", "_current_window_key", "prefixed_key"):
+        assert callable(getattr(RedisStorage, method, None)), method
+    for names in _SCRIPTS.values():
+        for name in filter(None, names):
+            assert get_package_data(f"{_LUA_DIR}/{name}.lua"), name

@@ -8,8 +8,9 @@ import pytest
 from limits import parse
 from limits.strategies import STRATEGIES
 
-from flask_apiguard.redis_gate import RedisScriptBackend, compose
-from flask_apiguard.storage import LimitProbe, SharedState
+from flask_apiguard.ratelimit.gate import RedisScriptBackend, compose
+from flask_apiguard.ratelimit.probes import LimitProbe
+from flask_apiguard.ratelimit.shared import SharedState
 
 from .conftest import bearer, token_for
 

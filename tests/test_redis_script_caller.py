@@ -18,8 +18,9 @@ import redis
 from limits import parse
 
 from flask_apiguard.errors import ServiceUnavailable
-from flask_apiguard.redis_gate import RedisScriptBackend
-from flask_apiguard.storage import LimitProbe, SharedState
+from flask_apiguard.ratelimit.gate import RedisScriptBackend
+from flask_apiguard.ratelimit.probes import LimitProbe
+from flask_apiguard.ratelimit.shared import SharedState
 
 from .conftest import PrivateRedis
 
@@ -152,7 +153,8 @@ def test_a_forked_child_uses_its_own_connections(redis_url: str,
 C_FORK = """
 import ctypes, os, sys
 from limits import parse
-from flask_apiguard.storage import LimitProbe, SharedState
+from flask_apiguard.ratelimit.probes import LimitProbe
+from flask_apiguard.ratelimit.shared import SharedState
 shared = SharedState(sys.argv[1], {"key_prefix": sys.argv[2]}, "fixed-window", "closed")
 def left(name):
     return shared.admit((), False, None, [LimitProbe(parse("100000/hour"),
@@ -325,7 +327,7 @@ def _target(url: str) -> tuple[tuple[str, int], str]:
 
 def test_a_long_idle_connection_answers_a_ping_before_the_script(
         redis_url: str, storage_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    from flask_apiguard.redis_gate import ScriptCaller
+    from flask_apiguard.ratelimit.gate import ScriptCaller
 
     target, path = _target(redis_url)
     proxy = SilentDrop(target)
@@ -380,7 +382,7 @@ def test_a_kept_connection_that_fails_takes_its_siblings_with_it(
 
 def test_without_poll_select_checks_the_connection(redis_url: str, named: dict[str, Any],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from flask_apiguard import redis_gate
+    from flask_apiguard.ratelimit import gate as redis_gate
 
     monkeypatch.setattr(redis_gate, "_poll", None)  # as on Windows
     shared = SharedState(redis_url, named, "fixed-window", "closed")

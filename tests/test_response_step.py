@@ -274,7 +274,7 @@ def test_the_callers_header_list_is_never_changed(make_app: Any) -> None:
 
 
 def test_probe_caches_share_one_bound_per_app(make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from flask_apiguard.layers import ratelimit
+    from flask_apiguard.ratelimit import probes as ratelimit
 
     monkeypatch.setattr(ratelimit, "_CACHE_SIZE", 50)
     app = make_app(APIGUARD_RATELIMIT_DEFAULT="1000 per minute", APIGUARD_TRUSTED_PROXIES=1)

@@ -26,9 +26,11 @@ from flask import Flask, request
 from limits import parse
 
 from flask_apiguard import ApiGuard, ApiGuardConfigError, public, rate_limit
+from flask_apiguard.ratelimit.counter import Counter as LimitCounter
+from flask_apiguard.ratelimit.memory import LocalStorage
+from flask_apiguard.ratelimit.probes import LimitProbe
+from flask_apiguard.ratelimit.shared import SharedState
 from flask_apiguard.state import guard_state
-from flask_apiguard.storage import Counter as LimitCounter
-from flask_apiguard.storage import LimitProbe, LocalStorage, SharedState
 
 from .conftest import IN_CI, HttpsClient, base_config, free_port, own_keys, problem
 
@@ -598,10 +600,11 @@ def _drop(url: str, keys: list[str]) -> None:
 def test_every_key_the_guard_writes_starts_with_the_key_prefix(
         redis_url: str, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
     # revoked tokens and in-flight places ignored key_prefix: two runs sharing a Redis collided
-    from flask_apiguard import redis_gate
+    from flask_apiguard.ratelimit import gate as redis_gate
+    from flask_apiguard.ratelimit import shared as shared_module
 
     if backend == "sequential":  # what redis+cluster:// uses
-        monkeypatch.setattr(redis_gate, "supports_scripts", lambda storage: False)
+        monkeypatch.setattr(shared_module, "supports_scripts", lambda storage: False)
     marker = uuid.uuid4().hex
     prefix = f"run-{marker}"
     shared = SharedState(redis_url, {"key_prefix": prefix}, "sliding-window-counter", "closed")

@@ -23,9 +23,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from flask_apiguard import ApiGuard, public, rate_limit
-from flask_apiguard import storage as storage_module
 from flask_apiguard.errors import ServiceUnavailable
-from flask_apiguard.storage import SharedState, Verdict
+from flask_apiguard.ratelimit import shared as storage_module
+from flask_apiguard.ratelimit.backend import Verdict
+from flask_apiguard.ratelimit.shared import SharedState
 
 from .conftest import PrivateRedis, bearer, problem, token_for
 
@@ -177,7 +178,7 @@ def test_revocation_fails_closed_while_redis_is_down(make_app: Any, private_redi
 # -- recovery: noticed within about a second, probed by one request at a time ---------------------
 
 class SteppedClock:
-    """``time.monotonic`` as storage.py sees it, moved by the test (``time.time`` stays real)."""
+    """``time.monotonic`` as the shared state sees it, moved by the test (``time.time`` stays real)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.now = 1_000.0

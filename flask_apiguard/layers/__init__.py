@@ -1,7 +1,8 @@
-"""One small module per concern. A layer imports ``config``, ``errors``, ``identity``,
-``storage`` and its one third-party library, never another layer; only the pipeline in
-:mod:`flask_apiguard.extension` knows their order. What two layers hand each other through
-the pipeline is defined here."""
+"""One small module per concern. A layer imports ``config``, ``errors``, ``identity`` and its
+one third-party library (``validation`` also the marshmallow fields of :mod:`flask_apiguard.fields`),
+never another layer (nor the stores: :mod:`flask_apiguard.apikeys`,
+:mod:`flask_apiguard.ratelimit`); only the pipeline in :mod:`flask_apiguard.extension` knows
+their order. What two layers hand each other through the pipeline is defined here."""
 
 from __future__ import annotations
 

@@ -11,10 +11,12 @@ from flask.views import MethodView
 from marshmallow import Schema
 
 from flask_apiguard import ApiGuard, public, require_jwt
+from flask_apiguard.apikeys import MemoryKeyStore
 from flask_apiguard.fields import SanitizedHTML
-from flask_apiguard.layers.apikeys import MemoryKeyStore
 from flask_apiguard.layers.body import depth_exceeds
-from flask_apiguard.storage import INFLIGHT_PREFIX, RedisInflight, redacted
+from flask_apiguard.ratelimit.places import RedisInflight
+from flask_apiguard.ratelimit.redis_client import INFLIGHT_PREFIX
+from flask_apiguard.ratelimit.shared import redacted
 
 from ..conftest import bearer, problem, token_for
 
@@ -152,7 +154,7 @@ def test_sqlite_store_survives_workers_starting_together(tmp_path: Any) -> None:
 
 
 def _open_store(path: str) -> str:
-    from flask_apiguard.layers.apikeys import SqliteKeyStore
+    from flask_apiguard.apikeys import SqliteKeyStore
 
     try:
         SqliteKeyStore("agk", path).create("k")

@@ -10,8 +10,9 @@ import jwt
 import pytest
 
 from flask_apiguard import ApiGuard, public, rate_limit
-from flask_apiguard.layers.apikeys import MemoryKeyStore
-from flask_apiguard.storage import LocalStorage, SharedState, redacted
+from flask_apiguard.apikeys import MemoryKeyStore
+from flask_apiguard.ratelimit.memory import LocalStorage
+from flask_apiguard.ratelimit.shared import SharedState, redacted
 
 from ..conftest import SECRET, bearer, problem
 
@@ -105,7 +106,7 @@ def test_first_hit_of_a_redis_sliding_window_has_a_reset(redis_url: str,
                                                          storage_options: dict[str, Any]) -> None:
     from limits import parse
 
-    from flask_apiguard.storage import LimitProbe
+    from flask_apiguard.ratelimit.probes import LimitProbe
 
     shared = SharedState(redis_url, storage_options, "sliding-window-counter", "closed")
     verdict = shared.admit((), False, None, (LimitProbe(parse("5/minute"), ("a", "b", "c")),), True)

@@ -30,19 +30,11 @@ from typing import Any
 from limits.storage import RedisClusterStorage, RedisStorage, Storage
 from limits.util import get_package_data
 
-from .storage import (
-    INFLIGHT_PREFIX,
-    INFLIGHT_TTL_MS,
-    REVOKED_PREFIX,
-    Backend,
-    LimitProbe,
-    Verdict,
-    WindowState,
-    _whole_seconds,
-    refusal,
-    reservation_token,
-    sliding_window_state,
-)
+from .backend import Backend, Verdict, refusal
+from .places import INFLIGHT_TTL_MS, reservation_token
+from .probes import LimitProbe
+from .redis_client import INFLIGHT_PREFIX, REVOKED_PREFIX
+from .window import WindowState, _whole_seconds, sliding_window_state
 
 _LUA_DIR = "resources/redis/lua_scripts"
 _KEY_CACHE_SIZE = 16384
@@ -406,7 +398,7 @@ def _sha1(source: str) -> str:
 
 
 class RedisScriptBackend(Backend):
-    """The :class:`~flask_apiguard.storage.Backend` whose :meth:`admit` is one EVALSHA."""
+    """The :class:`~flask_apiguard.ratelimit.backend.Backend` whose :meth:`admit` is one EVALSHA."""
 
     def __init__(self, storage: Storage, strategy: str, revocations: Any, inflight: Any) -> None:
         super().__init__(storage, strategy, revocations, inflight)

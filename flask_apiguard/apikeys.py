@@ -27,8 +27,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ..errors import ApiGuardConfigError, ServiceUnavailable
-from ..identity import Identity
+from .errors import ApiGuardConfigError, ServiceUnavailable
+from .identity import Identity
 
 log = logging.getLogger("flask_apiguard")
 _DUMMY_DIGEST = hashlib.sha256(b"flask-apiguard: no such key").hexdigest()
@@ -376,12 +376,15 @@ class SqliteKeyStore(ApiKeyStore):
 
 
 class RedisKeyStore(ApiKeyStore):
-    """Keys in Redis hashes ``apiguard:apikey:<key_id>``, listed through a set."""
+    """Keys in Redis hashes ``apiguard:apikey:<key_id>``, listed through a set
+    (``apiguard:apikeys``); both under ``<key_space>:`` when the storage options name a
+    ``key_prefix``, like every other key the guard writes."""
 
-    INDEX = "apiguard:apikeys"
-
-    def __init__(self, prefix: str, uri: str, options: dict[str, Any]) -> None:
+    def __init__(self, prefix: str, uri: str, options: dict[str, Any],
+                 key_space: str | None = None) -> None:
         super().__init__(prefix)
+        self._names = f"{key_space}:apiguard:apikey" if key_space else "apiguard:apikey"
+        self.INDEX = self._names + "s"
         try:
             import redis
         except ImportError:
@@ -400,9 +403,8 @@ class RedisKeyStore(ApiKeyStore):
         except self._errors:
             raise ServiceUnavailable("The API key store is unavailable.") from None
 
-    @staticmethod
-    def _key(key_id: str) -> str:
-        return f"apiguard:apikey:{key_id}"
+    def _key(self, key_id: str) -> str:
+        return f"{self._names}:{key_id}"
 
     def _insert(self, key: ApiKey, digest: str) -> None:
         mapping: dict[Any, Any] = {
@@ -453,8 +455,10 @@ class RedisKeyStore(ApiKeyStore):
         return [self._decode(k, d)[0] for k, d in zip(ids, rows, strict=True) if d]
 
 
-def open_store(uri: str, prefix: str, instance_path: str, redis_options: dict[str, Any]) -> ApiKeyStore:
-    """The store named by ``APIGUARD_API_KEY_STORE``."""
+def open_store(uri: str, prefix: str, instance_path: str, redis_options: dict[str, Any],
+               key_space: str | None = None) -> ApiKeyStore:
+    """The store named by ``APIGUARD_API_KEY_STORE``; a Redis store writes under ``key_space``
+    (the storage options' ``key_prefix``) when given."""
     if uri == "memory://":
         return MemoryKeyStore(prefix)
     if uri.startswith("sqlite:///"):
@@ -462,4 +466,4 @@ def open_store(uri: str, prefix: str, instance_path: str, redis_options: dict[st
         if not os.path.isabs(path):
             path = os.path.join(instance_path, path)
         return SqliteKeyStore(prefix, path)
-    return RedisKeyStore(prefix, uri, redis_options)
+    return RedisKeyStore(prefix, uri, redis_options, key_space)

@@ -1,22 +1,48 @@
-"""Step 9: which counters a request uses. Counting itself is :mod:`flask_apiguard.storage`'s.
+"""Which counters a request uses (step 9), as :class:`LimitProbe` values.
 
 Each view has its own counters (the view's endpoint is part of the key) unless ``scope=``
 names a shared one. A counter is keyed by what ``key=`` says: the authenticated subject, the
 client IP (IPv6 grouped by /64, resolved through ``APIGUARD_TRUSTED_PROXIES`` so a forged
 ``X-Forwarded-For`` never moves a client to a fresh bucket), the API key id, or a callable's
-string.
+string. Counter keys are the ones :mod:`limits` builds (``RateLimitItem.key_for``), so limits'
+own strategies read the same counters.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from limits import RateLimitItem, parse_many
 
 from ..identity import Identity
-from ..storage import LimitProbe
+
+
+@functools.lru_cache(maxsize=16384)
+def limits_key(item: RateLimitItem, identifiers: tuple[str, ...]) -> str:
+    """The counter key :mod:`limits` builds for ``item`` and ``identifiers`` (``key_for``)."""
+    return item.key_for(*identifiers)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitProbe:
+    """One limit to check for one request: ``hit`` consumes, otherwise only tests."""
+
+    item: RateLimitItem
+    identifiers: tuple[str, ...]
+    cost: int = 1
+    hit: bool = True
+    key: str = ""
+    #: The window length in seconds (``item.get_expiry()``, read once).
+    expiry: int = field(default=0, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            object.__setattr__(self, "key", limits_key(self.item, self.identifiers))
+        object.__setattr__(self, "expiry", self.item.get_expiry())
+
 
 NAMESPACE = "apiguard"
 
@@ -111,10 +137,11 @@ class ProbeCache:
         return probes
 
 
-def storage_key(limit: CompiledLimit, key: str) -> str:
-    """The counter's key. A view's own counters are limits' ``key_for`` (one per limit); a
-    ``scope=`` counter leaves the amount out, so every view of the scope shares it, whatever
-    amount each allows, as long as the window length is the same."""
+def counter_key(limit: CompiledLimit, key: str) -> str:
+    """The key of ``limit``'s counter for the bucket ``key``. A view's own counters are
+    limits' ``key_for`` (one per limit); a ``scope=`` counter leaves the amount out, so every
+    view of the scope shares it, whatever amount each allows, as long as the window length is
+    the same."""
     identifiers = (NAMESPACE, limit.counter, key)
     if not limit.counter.startswith("scope:"):
         return limit.item.key_for(*identifiers)
@@ -142,7 +169,7 @@ def probes(limits: tuple[CompiledLimit, ...], identity: Identity, client: str,
 
 def _probe(limit: CompiledLimit, key: str) -> LimitProbe:
     return LimitProbe(limit.item, (NAMESPACE, limit.counter, key), limit.cost,
-                      hit=not limit.failures_only, key=storage_key(limit, key))
+                      hit=not limit.failures_only, key=counter_key(limit, key))
 
 
 class FailureLimit:

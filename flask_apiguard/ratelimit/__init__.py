@@ -1,0 +1,39 @@
+"""Rate limits, token revocation and auth-failure counters: everything that counts.
+
+Modules, from what a request uses to where it is counted:
+
+- :mod:`~flask_apiguard.ratelimit.probes`: which counters a request uses (``@rate_limit``
+  compiled per view, the auth-failure limit), as :class:`LimitProbe` values;
+- :mod:`~flask_apiguard.ratelimit.window`: what a window reports, and the sliding-window
+  formulas, once;
+- :mod:`~flask_apiguard.ratelimit.counter`: how each :mod:`limits` strategy counts;
+- :mod:`~flask_apiguard.ratelimit.memory`: the bounded in-memory storage;
+- :mod:`~flask_apiguard.ratelimit.places` and :mod:`~flask_apiguard.ratelimit.revocations`:
+  in-flight places of ``count="failures"`` requests, and the token denylist, in memory or
+  Redis;
+- :mod:`~flask_apiguard.ratelimit.backend`: the pipeline's one question answered with a few
+  storage calls, on any storage;
+- :mod:`~flask_apiguard.ratelimit.gate`: the same question in one Redis round trip (a Lua
+  script composed from limits' own);
+- :mod:`~flask_apiguard.ratelimit.redis_client`: Redis client options and key names;
+- :mod:`~flask_apiguard.ratelimit.shared`: :class:`SharedState`, which picks the backend for
+  the configured storage and applies the fault policy.
+
+Private names of :mod:`limits` used, because no public way exists (each pinned by
+``tests/test_counting.py::test_the_private_names_of_limits_we_rely_on_exist``; the
+dependency is bounded above in ``setup.cfg``):
+
+- ``MemoryStorage._MemoryStorage__schedule_expiry`` (overridden: no timer thread), and the
+  attributes ``storage``, ``expirations``, ``events`` and ``timer`` of ``MemoryStorage``
+  (the bounded table keeps limits' own layout, so limits' methods keep working on it);
+- ``RedisStorage._previous_window_key``, ``RedisStorage._current_window_key`` (the sliding
+  window's two Redis keys, for the gate to pass as ``KEYS``);
+- ``limits.util.get_package_data`` and the Lua files under ``resources/redis/lua_scripts``
+  (the gate runs limits' own scripts).
+"""
+
+from .probes import LimitProbe
+from .shared import SharedState
+from .window import WindowState
+
+__all__ = ["LimitProbe", "SharedState", "WindowState"]
