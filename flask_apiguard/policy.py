@@ -261,7 +261,7 @@ def rate_limit(
     :param scope: a name that shares one counter between every view that uses it.
     :param cost: how much one request uses up.
     """
-    from .config import check_limit_string
+    from .readers import check_limit_string
 
     check_limit_string(limit, f"@rate_limit({limit!r})")
     if not (callable(key) or key in KEY_KINDS):

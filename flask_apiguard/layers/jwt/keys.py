@@ -14,8 +14,9 @@ from typing import Any, NamedTuple
 
 import jwt
 
-from ...config import HMAC_ALGORITHMS, GuardConfig
+from ...config import GuardConfig
 from ...errors import ApiGuardConfigError
+from ...readers import HMAC_ALGORITHMS
 
 _CURVE_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512",
                      "secp256k1": "ES256K"}
