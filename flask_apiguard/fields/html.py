@@ -23,6 +23,8 @@ from marshmallow import fields
 
 if TYPE_CHECKING:
     from bleach.css_sanitizer import CSSSanitizer
+
+    from ..state import GuardState
     from html5lib.filters.base import Filter as _Html5libFilter
 else:
     from bleach.html5lib_shim import Filter as _Html5libFilter
@@ -336,7 +338,9 @@ class SanitizedHTML(fields.String):
         if self.backend is not None:
             return self.backend
         if has_app_context():
-            state = current_app.extensions.get("apiguard")
+            # the app's guard, if any (looked up, not imported: the state imports the layers,
+            # and the validation layer these fields)
+            state: GuardState | None = current_app.extensions.get("apiguard")
             if state is not None:
                 sanitizer = state.config.sanitizer
                 if sanitizer not in _BACKENDS:
