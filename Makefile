@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck docs bench browser-deps clean
+.PHONY: run test install lint typecheck docs bench perf-docs browser-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,17 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/fields.py
+
+## Re-measure and rewrite the tables docs/performance.rst includes (docs/performance/*.rst).
+## BENCH_REDIS_URL=redis://... adds the Redis tables; load.py needs wrk (apt-get install wrk).
+perf-docs: $(STAMP)
+	$(BIN)/python benchmarks/run.py --iterations 500 --repeats 15 $${BENCH_REDIS_URL:+--redis $$BENCH_REDIS_URL} --rst docs/performance/requests.rst
+	$(BIN)/python benchmarks/layers.py --rst docs/performance/layers.rst
+	$(BIN)/python benchmarks/steps.py --rst docs/performance/steps.rst
+	$(BIN)/python benchmarks/fields.py --rst docs/performance/fields.rst
+	$(BIN)/python benchmarks/memory_storage.py --rst docs/performance/memory.rst
+	@if [ -n "$$BENCH_REDIS_URL" ]; then $(BIN)/python benchmarks/redis_gate.py --redis $$BENCH_REDIS_URL --rst docs/performance/redis.rst; fi
+	@if [ -n "$$BENCH_REDIS_URL" ] && command -v wrk >/dev/null; then $(BIN)/python benchmarks/load.py --redis $$BENCH_REDIS_URL --duration 8 --rounds 3 --rst docs/performance/load.rst; fi
 
 ## Debian's Chromium and ChromeDriver for the browser test; installed in CI, optional locally.
 browser-deps:

@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from marshmallow import Schema, fields
 
+from benchmarks import report
 from flask_apiguard.fields import Password, SanitizedHTML
 
 #: About 1 KB of ordinary rich text with a few things to remove.
@@ -121,14 +122,13 @@ def validated_rows(iterations: int, repeats: int) -> list[tuple[str, float]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rst", help="also write the table to this reST file (docs/performance/)")
     args = parser.parse_args(argv)
     iterations, repeats = (5, 1) if args.quick else (500, 5)
     rows = (sanitizer_rows(iterations, repeats) + password_rows(iterations, repeats)
             + validated_rows(iterations * 4, repeats))
-    print(f"# {iterations} calls x {repeats} repeats, median, {time.strftime('%Y-%m-%d')}")
-    print("| what | µs per call |\n|---|---:|")
-    for name, value in rows:
-        print(f"| {name} | {value:.1f} |")
+    report.emit(f"Sanitising, password checks and a validated view, {iterations} calls x "
+                f"{repeats} repeats, median", ["what", "µs per call"], rows, rst=args.rst)
     return 0
 
 

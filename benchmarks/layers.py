@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from flask import Flask, request
 
-from benchmarks import apps
+from benchmarks import apps, report
 from flask_apiguard import ApiGuard, public, rate_limit, rate_limit_exempt, require_jwt, roles, validate
 
 
@@ -46,6 +46,7 @@ def build(*, auth: bool, limit: bool, valid: bool, cors: bool = True) -> Flask:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rst", help="also write the table to this reST file (docs/performance/)")
     args = parser.parse_args(argv)
     iterations, repeats = (10, 1) if args.quick else (700, 21)
     variants = {
@@ -75,10 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(repeats):
         for name, app in variants.items():
             samples[name].append(run(app, iterations))
-    print(f"# {iterations} requests x {repeats} repeats, interleaved; {time.strftime('%Y-%m-%d')}")
-    print("| configuration | median µs | min µs |\n|---|---:|---:|")
-    for name, values in samples.items():
-        print(f"| {name} | {statistics.median(values):.1f} | {min(values):.1f} |")
+    report.emit(f"The endpoint built up one layer at a time, {iterations} requests x {repeats} "
+                "repeats, interleaved", ["configuration", "median µs", "min µs"],
+                [(name, statistics.median(values), min(values)) for name, values in samples.items()],
+                rst=args.rst)
     return 0
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import apps
+from benchmarks import apps, report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WRK_SCRIPT = """
@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--limit", type=int, default=1000)
+    parser.add_argument("--rst", help="also write the table to this reST file (docs/performance/)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="runs per app, interleaved; the median requests/s is reported")
     args = parser.parse_args(argv)
@@ -144,13 +145,9 @@ def main(argv: list[str] | None = None) -> int:
             runs[name].append(run_one(name, target, env, args.duration, args.connections))
     results = [sorted(found, key=lambda r: r.rps)[len(found) // 2] for found in runs.values()]
     bare = results[0].rps
-    print(f"# gunicorn -w 2 (sync), wrk -t1 -c{args.connections} -d{args.duration}s on 127.0.0.1, "
-          f"{os.cpu_count()} CPUs, median of {args.rounds} interleaved runs, {time.strftime('%Y-%m-%d')}")
-    print("| app | requests/s | p50 ms | p99 ms | % of bare | non-2xx |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for r in results:
-        print(f"| {r.name} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
-              f"{100 * r.rps / bare:.0f}% | {r.non_2xx} |")
+    rows = [(r.name, r.rps, r.p50_ms, r.p99_ms, f"{100 * r.rps / bare:.0f}%", r.non_2xx)
+            for r in results]
+    note = ""
     if args.redis:
         prefix = apps.redis_prefix()
         try:
@@ -161,11 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             apps.delete_keys(args.redis, prefix)
         admitted = limited.requests - limited.non_2xx
-        print(f"\nlimit {args.limit} per hour, 2 workers sharing Redis: {limited.requests} requests, "
-              f"{admitted} admitted, {limited.non_2xx} refused (429) -> "
-              f"{'exact' if admitted == args.limit else 'NOT exact'}")
-        if admitted != args.limit:
-            return 1
+        note = (f"The shared budget: {args.limit} per hour, both workers through Redis for "
+                f"{min(args.duration, 5)} s: {limited.requests} requests, {admitted} admitted, "
+                f"{limited.non_2xx} refused (429): {'exact' if admitted == args.limit else 'NOT exact'}.")
+    report.emit(f"gunicorn -w 2 (sync) driven by wrk -t1 -c{args.connections} "
+                f"-d{args.duration}s on 127.0.0.1, median of {args.rounds} interleaved runs",
+                ["app", "requests/s", "p50 ms", "p99 ms", "of bare", "non-2xx"],
+                [(n, round(rps), p50, p99, share, bad) for n, rps, p50, p99, share, bad in rows],
+                rst=args.rst, note=note, digits=2)
     return 0
 
 

@@ -30,6 +30,11 @@ from limits import parse
 
 import flask_apiguard
 from flask_apiguard.ratelimit.probes import LimitProbe
+
+try:
+    from benchmarks import report
+except ImportError:  # run as a script: its own folder is on the path, the repository may not be
+    import report  # type: ignore[no-redef]
 from flask_apiguard.ratelimit.shared import SharedState
 
 LIMIT = parse("100 per 15 minutes")
@@ -115,20 +120,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=int, default=500_000)
     parser.add_argument("--requests", type=int, default=2_000)
     parser.add_argument("--quick", action="store_true", help="small numbers (smoke check)")
+    parser.add_argument("--rst", help="also write the table to this reST file (docs/performance/)")
     args = parser.parse_args(argv)
     if args.quick:
         args.clients, args.keys, args.requests = 2_000, 5_000, 200
     print(f"# {flask_apiguard.__file__}")
     per_client_rss, held = memory(args.clients, traced=False)
     per_client_traced, _ = memory(args.clients, traced=True)
-    print(f"memory: {args.clients} clients -> {held} counters; "
-          f"{per_client_rss:.0f} B/client RSS ({per_client_rss * args.clients / 1e6:.1f} MB), "
-          f"{per_client_traced:.0f} B/client tracemalloc "
-          f"({per_client_traced * args.clients / 1e6:.1f} MB)")
     first, worst, median, left = pause(args.keys, args.requests)
-    print(f"pause: {args.keys} expired counters; next {args.requests} requests: first "
-          f"(sweep due) {first:.2f} ms, slowest {worst:.2f} ms, median {median:.3f} ms; "
-          f"{left} counters left")
+    report.emit(f"The in-memory counter table: {args.clients} clients of one request each, then "
+                f"the {args.requests} requests after {args.keys} counters expired",
+                ["what", "figure"],
+                [("counters held", held),
+                 ("bytes per client (RSS)", round(per_client_rss)),
+                 ("bytes per client (tracemalloc)", round(per_client_traced)),
+                 ("first request after the expiry, ms (sweep due)", first),
+                 ("slowest request, ms", worst),
+                 ("median request, ms", median),
+                 ("counters left", left)], rst=args.rst, digits=3)
     return 0
 
 

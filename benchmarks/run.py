@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import statistics
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import apps
+from benchmarks import apps, report
 from flask_apiguard import ApiGuard
 
 
@@ -115,16 +114,6 @@ def measure(rows_: list[Row], iterations: int, repeats: int) -> dict[str, float]
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def table(results: dict[str, float]) -> str:
-    bare = results.get("bare Flask, no checks")
-    width = max(len(n) for n in results)
-    lines = [f"| {'app':<{width}} | µs/request | x bare |", f"|{'-' * (width + 2)}|-----------:|-------:|"]
-    for name, value in results.items():
-        ratio = f"{value / bare:.2f}" if bare else "-"
-        lines.append(f"| {name:<{width}} | {value:10.1f} | {ratio:>6} |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a few iterations (smoke check)")
@@ -134,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a Redis URL for the Redis rows (counted under a key prefix of "
                              "this run's own, deleted at the end; nothing else is touched)")
     parser.add_argument("--only", action="append", default=[], help="substring of row names")
+    parser.add_argument("--rst", help="also write the table to this reST file (docs/performance/)")
     args = parser.parse_args(argv)
     iterations, repeats = (20, 2) if args.quick else (args.iterations, args.repeats)
     prefix = apps.redis_prefix()
@@ -144,10 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.redis:
             apps.delete_keys(args.redis, prefix)
-    print(f"# {platform.python_implementation()} {platform.python_version()} on "
-          f"{platform.machine()}, {os.cpu_count()} CPUs; {iterations} requests x {repeats} "
-          f"repeats, median; {time.strftime('%Y-%m-%d')}")
-    print(table(results))
+    bare = results.get("bare Flask, no checks")
+    report.emit(f"The same POST request through each app, {iterations} requests x {repeats} "
+                "repeats, interleaved, median", ["app", "µs/request", "x bare"],
+                [(name, value, f"{value / bare:.2f}" if bare else None)
+                 for name, value in results.items()], rst=args.rst)
     return 0
 
 

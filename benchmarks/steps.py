@@ -40,11 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rst", help="also write the table to this reST file (docs/performance/)")
     args = parser.parse_args(argv)
     count = 50 if args.quick else args.requests
     logging.disable(logging.WARNING)
 
-    from benchmarks import apps
+    from benchmarks import apps, report
     from flask_apiguard import ApiGuard, extension, response
     from flask_apiguard.layers.body import BodyGuard
     from flask_apiguard.layers.jwt import JwtLayer
@@ -89,10 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         for _chunk in app(env, start_response):
             pass
     total = (time.perf_counter_ns() - started) / count / 1000
-    print(f"# {count} requests; {time.strftime('%Y-%m-%d')}; µs per request, timers included")
-    print(f"| step | µs |\n|---|---:|\n| whole request | {total:.2f} |")
-    for label, nanoseconds in totals.most_common():
-        print(f"| {label} | {nanoseconds / count / 1000:.2f} |")
+    rows = [("whole request", total)] + [(label, nanoseconds / count / 1000)
+                                         for label, nanoseconds in totals.most_common()]
+    report.emit(f"Each pipeline step inside {count} real requests (timers included)",
+                ["step", "µs"], rows, rst=args.rst, digits=2)
     return 0
 
 

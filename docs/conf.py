@@ -28,7 +28,7 @@ extensions = [
     "myst_parser",  # renders CHANGELOG.md in changelog.rst
 ]
 root_doc = "index"
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "performance/*"]  # included by performance.rst
 nitpicky = False
 pygments_style = "sphinx"
 highlight_language = "python3"
