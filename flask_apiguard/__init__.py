@@ -9,6 +9,7 @@ from .extension import ApiGuard
 from .identity import Identity
 from .layers.apikeys import ApiKey
 from .policy import (
+    deprecated,
     public,
     rate_limit,
     rate_limit_exempt,
@@ -28,6 +29,7 @@ __all__ = [
     "ApiKey",
     "Identity",
     "current_identity",
+    "deprecated",
     "fields",
     "public",
     "rate_limit",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -50,7 +51,24 @@ def _describe(route: Route) -> dict[str, Any]:
         "scopes": scopes,
         "rate_limits": limits,
         "validate": [spec.location for spec in route.validations],
+        "deprecated": route.deprecation is not None,
+        "sunset": _iso(route.deprecation.sunset) if route.deprecation is not None else None,
     }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
+
+
+def _marker(row: dict[str, Any]) -> str:
+    """The table's note on a deprecated route: its sunset, and whether it has passed."""
+    if not row["deprecated"]:
+        return ""
+    if row["sunset"] is None:
+        return " [deprecated]"
+    sunset = datetime.fromisoformat(row["sunset"])
+    passed = "gone since" if sunset <= datetime.now(UTC) else "sunset"
+    return f" [deprecated, {passed} {row['sunset'][:10]}]"
 
 
 def route_table() -> list[dict[str, Any]]:
@@ -112,7 +130,7 @@ def routes_command(as_json_output: bool, fail_on_unprotected: bool) -> None:
     else:
         click.echo(_table(
             ("RULE", "METHODS", "ENDPOINT", "ACCESS", "RATE LIMITS", "VALIDATE"),
-            [(r["rule"], ",".join(r["methods"]), r["endpoint"], _access(r),
+            [(r["rule"], ",".join(r["methods"]), r["endpoint"] + _marker(r), _access(r),
               "; ".join(r["rate_limits"]) or "-", ",".join(r["validate"]) or "-") for r in rows],
         ))
     unprotected = [r for r in rows if r["unprotected"]]

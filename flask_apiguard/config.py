@@ -88,6 +88,7 @@ DEFAULTS: dict[str, Any] = {
     "SANITIZER": "bleach",
     "SECURITY_LOG": True,
     "ERROR_TYPE_BASE": None,
+    "SUNSET_ENFORCE": True,
 }
 
 STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix", "redis+cluster", "redis+sentinel")
@@ -164,6 +165,7 @@ class GuardConfig:
     sanitizer: str
     security_log: bool
     error_type_base: str | None
+    sunset_enforce: bool
     #: The raw values as given, for ``flask apiguard check`` and debugging.
     raw: Mapping[str, Any] = field(repr=False, compare=False)
 
@@ -556,6 +558,7 @@ _SIMPLE: dict[str, Callable[[str, Any], Any]] = {
     "SANITIZER": _sanitizer,
     "SECURITY_LOG": _bool,
     "ERROR_TYPE_BASE": _error_type_base,
+    "SUNSET_ENFORCE": _bool,
 }
 
 

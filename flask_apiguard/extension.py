@@ -30,6 +30,7 @@ from .context import RequestState, own_slot, request_slot
 from .errors import (
     ApiGuardError,
     Forbidden,
+    Gone,
     HttpsRequired,
     InvalidApiKey,
     InvalidHost,
@@ -74,6 +75,15 @@ def _authorization_refusal(route: Route, identity: Identity) -> ApiGuardError | 
     return None
 
 
+def _gone_detail(route: Route) -> str:
+    deprecation = route.deprecation
+    assert deprecation is not None and deprecation.sunset is not None
+    detail = f"This endpoint was retired on {deprecation.sunset.isoformat()}."
+    if deprecation.replacement is not None:
+        detail += f" Use {deprecation.replacement} instead."
+    return detail
+
+
 def _too_many(cls: type[ApiGuardError], retry_after: int) -> ApiGuardError:
     return cls(headers={"Retry-After": str(retry_after)}, extra={"retry_after": retry_after})
 
@@ -113,7 +123,8 @@ class ApiGuard:
         ``APIGUARD_REJECT_OPERATOR_KEYS``, ``APIGUARD_DUPLICATE_PARAMS``,
         ``APIGUARD_TRUSTED_HOSTS``, ``APIGUARD_TRUSTED_PROXIES``, ``APIGUARD_ALLOWED_METHODS``,
         ``APIGUARD_REQUEST_ID_HEADER``, ``APIGUARD_TRUST_REQUEST_ID``, ``APIGUARD_SANITIZER``,
-        ``APIGUARD_SECURITY_LOG``, ``APIGUARD_ERROR_TYPE_BASE``; and Flask's
+        ``APIGUARD_SECURITY_LOG``, ``APIGUARD_ERROR_TYPE_BASE``, ``APIGUARD_SUNSET_ENFORCE``;
+        and Flask's
         ``MAX_CONTENT_LENGTH`` (the smaller limit wins).
 
         :raises ApiGuardConfigError: for a bad value, naming the key and the fix.
@@ -211,6 +222,9 @@ class ApiGuard:
             # Never the view: a view that handles OPTIONS itself would otherwise run for
             # anyone, unauthenticated and uncounted. Flask's own answer lists the methods.
             return current_app.make_default_options_response()
+        # a @deprecated view past its sunset is gone, for anyone, before any credential is read
+        if route.gone_at is not None and time.time() >= route.gone_at:
+            raise Gone(_gone_detail(route))
         # 6. body size, before anything reads the body
         length = state.body.check_size(req)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from email.utils import format_datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from limits import RateLimitItem, parse_many
@@ -55,6 +57,31 @@ class ValidationSpec:
     list_fields: frozenset[str]
 
 
+@dataclass(frozen=True, slots=True)
+class Deprecation:
+    """One ``@deprecated`` declaration, its dates aware and in UTC."""
+
+    sunset: datetime | None
+    link: str | None
+    replacement: str | None
+    since: datetime | None
+
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """``Deprecation`` (RFC 9745), ``Sunset`` (RFC 8594) and ``Link`` (RFC 8288), once."""
+        since = int(self.since.timestamp()) if self.since is not None else 0
+        out = [("Deprecation", f"@{since}")]
+        if self.sunset is not None:
+            out.append(("Sunset", format_datetime(self.sunset, usegmt=True)))
+        links = []
+        if self.link is not None:
+            links.append(f'<{self.link}>; rel="deprecation"; type="text/html"')
+        if self.replacement is not None:
+            links.append(f'<{self.replacement}>; rel="successor-version"')
+        if links:
+            out.append(("Link", ", ".join(links)))
+        return tuple(out)
+
+
 @dataclass(slots=True)
 class Policy:
     """The security policy a view declared. ``None``/empty means "not declared here"."""
@@ -68,6 +95,7 @@ class Policy:
     rate_limits: list[RateLimitSpec] = field(default_factory=list)
     rate_limit_exempt: bool = False
     validations: dict[str, ValidationSpec] = field(default_factory=dict)
+    deprecation: Deprecation | None = None
 
     @property
     def needs_identity(self) -> bool:
@@ -88,6 +116,7 @@ class Policy:
             rate_limits=list(self.rate_limits),
             rate_limit_exempt=self.rate_limit_exempt,
             validations=dict(self.validations),
+            deprecation=self.deprecation,
         )
 
     def merge(self, more_specific: Policy) -> Policy:
@@ -107,6 +136,8 @@ class Policy:
         merged.rate_limits += more_specific.rate_limits
         merged.rate_limit_exempt |= more_specific.rate_limit_exempt
         merged.validations.update(more_specific.validations)
+        if more_specific.deprecation is not None:
+            merged.deprecation = more_specific.deprecation
         if merged.public and merged.needs_identity:
             merged.public = False
         return merged
@@ -334,6 +365,100 @@ def validate(schema: Any, location: str = "json", arg_name: str | None = None) -
     return record
 
 
+@overload
+def deprecated(view: F, /) -> F: ...
+@overload
+def deprecated(sunset: datetime | date | str | None = None, link: str | None = None,
+               replacement: str | None = None, *,
+               since: datetime | date | str | None = None) -> Callable[[F], F]: ...
+
+
+def deprecated(sunset: Any = None, link: str | None = None, replacement: str | None = None, *,
+               since: datetime | date | str | None = None) -> Any:
+    """Declare the view deprecated: its responses say so, and after ``sunset`` it answers 410.
+
+    Every response of the view carries ``Deprecation: @<since>`` (RFC 9745; ``@0``, "already
+    deprecated", without ``since``), ``Sunset: <HTTP-date>`` (RFC 8594) when ``sunset`` is
+    given, and a ``Link`` with ``rel="deprecation"`` (``link``) and ``rel="successor-version"``
+    (``replacement``). From the sunset on, the pipeline answers 410 ``gone`` before
+    authentication (unless ``APIGUARD_SUNSET_ENFORCE`` is False), and the OpenAPI document
+    marks the operation ``deprecated: true``. Each call is announced on the
+    :data:`~flask_apiguard.signals.deprecated_called` signal.
+
+    :param sunset: when the view stops answering: an aware :class:`~datetime.datetime`, or
+        an ISO 8601 date (``"2026-06-30"``, midnight UTC) or date-time with an offset.
+    :param link: a URL documenting the deprecation.
+    :param replacement: the URL (or path) of the successor.
+    :param since: when the deprecation took (or takes) effect, as ``sunset``; not after it.
+    :raises TypeError: at import, for a naive datetime, a malformed date or URL, or a
+        ``since`` after the ``sunset``.
+
+    ``@deprecated`` without arguments works too.
+    """
+    if callable(sunset):  # bare @deprecated
+        return deprecated()(sunset)
+    declared = Deprecation(
+        sunset=_aware("sunset", sunset),
+        link=_uri("link", link),
+        replacement=_uri("replacement", replacement),
+        since=_aware("since", since),
+    )
+    if declared.since is not None and declared.sunset is not None \
+            and declared.since > declared.sunset:
+        raise TypeError("@deprecated(since=...) is after the sunset: a view is deprecated before "
+                        "it goes away. Move since= earlier or the sunset later.")
+
+    def record(target: F) -> F:
+        policy = _editable(target)
+        policy.deprecation = declared
+        return _record(target, policy)
+
+    return record
+
+
+def _aware(name: str, value: Any) -> datetime | None:
+    """``value`` (an aware datetime, a date or an ISO 8601 string) as an aware UTC datetime."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = date.fromisoformat(text) if len(text) == 10 else datetime.fromisoformat(text)
+        except ValueError:
+            raise TypeError(
+                f"@deprecated({name}={text!r}) is not an ISO 8601 date: write '2026-06-30' or "
+                "'2026-06-30T12:00:00+00:00'."
+            ) from None
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise TypeError(
+                f"@deprecated({name}={value.isoformat()!r}) is a naive datetime: its moment "
+                "depends on the server's time zone. Give it a tzinfo, e.g. "
+                "datetime(2026, 6, 30, tzinfo=timezone.utc)."
+            )
+        return value.astimezone(UTC).replace(microsecond=0)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    raise TypeError(
+        f"@deprecated({name}=...) takes an aware datetime or an ISO 8601 date string, "
+        f"not {type(value).__name__}."
+    )
+
+
+def _uri(name: str, value: Any) -> str | None:
+    """A URI reference fit for a ``Link`` header (no spaces, controls, quotes or ``<>``)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or any(
+        ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F or ch in '<>"' for ch in value
+    ):
+        raise TypeError(
+            f"@deprecated({name}={value!r}) must be a URL or a path without spaces, quotes or "
+            "angle brackets."
+        )
+    return value
+
+
 def _checked_names(decorator: str, names: Iterable[str]) -> list[str]:
     """The role or scope ``names`` given to ``@decorator``, each a non-empty string."""
     if isinstance(names, str):
@@ -409,6 +534,12 @@ class Route:
     declared: Policy
     #: The view function it was compiled for: a replaced view is compiled anew.
     view: Callable[..., Any]
+    #: ``@deprecated``: the declaration, the headers every response gets (``()`` when not
+    #: deprecated) and, when ``APIGUARD_SUNSET_ENFORCE`` is on, the Unix time of the sunset,
+    #: from which the view answers 410.
+    deprecation: Deprecation | None = None
+    deprecation_headers: tuple[tuple[str, str], ...] = ()
+    gone_at: float | None = None
 
 
 #: The order ``@validate`` locations are loaded in (the cheapest first, the body last).
@@ -441,6 +572,7 @@ def compile_route(endpoint: str, method: str, view: Callable[..., Any], config: 
                 f"{spec.arg_name!r}; pass arg_name= to name the loaded data differently."
             )
     query_spec = declared.validations.get("query")
+    deprecation = declared.deprecation
     return Route(
         endpoint=endpoint,
         public=public,
@@ -459,4 +591,9 @@ def compile_route(endpoint: str, method: str, view: Callable[..., Any], config: 
         list_query_fields=query_spec.list_fields if query_spec else frozenset(),
         declared=declared,
         view=view,
+        deprecation=deprecation,
+        deprecation_headers=deprecation.headers() if deprecation is not None else (),
+        gone_at=deprecation.sunset.timestamp()
+        if deprecation is not None and deprecation.sunset is not None and config.sunset_enforce
+        else None,
     )
