@@ -1,4 +1,4 @@
-"""``flask apiguard``: ``routes``, ``check``, ``keys`` and ``token``."""
+"""``flask apiguard``: ``routes``, ``openapi``, ``check``, ``keys`` and ``token``."""
 
 from __future__ import annotations
 
@@ -142,6 +142,31 @@ def routes_command(as_json_output: bool, fail_on_unprotected: bool) -> None:
                 "it open with @public.", err=True,
             )
         sys.exit(1)
+
+
+@apiguard_cli.command("openapi")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the document to FILE instead of standard output.")
+@click.option("--yaml", "as_yaml", is_flag=True, help="YAML instead of JSON (needs PyYAML).")
+def openapi_command(output: str | None, as_yaml: bool) -> None:
+    """Print the OpenAPI 3.1 document of the enforced policies."""
+    from .openapi import document_for
+
+    document = document_for(current_app, guard_state(current_app))
+    if as_yaml:
+        try:
+            import yaml
+        except ImportError:
+            raise click.ClickException('--yaml needs PyYAML: pip install pyyaml') from None
+        text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+    else:
+        text = json.dumps(document, indent=2) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        click.echo(f"Wrote {output}.", err=True)
 
 
 @apiguard_cli.command("check")

@@ -89,6 +89,8 @@ DEFAULTS: dict[str, Any] = {
     "SECURITY_LOG": True,
     "ERROR_TYPE_BASE": None,
     "SUNSET_ENFORCE": True,
+    "OPENAPI_ROUTE": None,
+    "OPENAPI_INFO": {},
 }
 
 STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix", "redis+cluster", "redis+sentinel")
@@ -166,6 +168,8 @@ class GuardConfig:
     security_log: bool
     error_type_base: str | None
     sunset_enforce: bool
+    openapi_route: str | None
+    openapi_info: Mapping[str, Any]
     #: The raw values as given, for ``flask apiguard check`` and debugging.
     raw: Mapping[str, Any] = field(repr=False, compare=False)
 
@@ -479,6 +483,27 @@ def _error_type_base(key: str, value: Any) -> str | None:
     return base
 
 
+def _openapi_route(key: str, value: Any) -> str | None:
+    route = _str(key, value, optional=True)
+    if route is not None and (not route.startswith("/") or "<" in route or any(
+            ch.isspace() for ch in route)):
+        raise _fail(key, f"{route!r} is not a URL path. Write a fixed path such as '/openapi.json', "
+                         "or None to serve no document.")
+    return route
+
+
+def _openapi_info(key: str, value: Any) -> dict[str, Any]:
+    info = _mapping(key, value, optional=False)
+    assert info is not None
+    for name in ("title", "version", "description"):
+        if name in info and (not isinstance(info[name], str) or not info[name]):
+            raise _fail(key, f"{name!r} must be a non-empty string.")
+    for name in info:
+        if not isinstance(name, str):
+            raise _fail(key, f"keys must be strings (OpenAPI info fields), got {name!r}.")
+    return info
+
+
 def _jwt_keys(key: str, value: Any, instance_path: str) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -559,6 +584,8 @@ _SIMPLE: dict[str, Callable[[str, Any], Any]] = {
     "SECURITY_LOG": _bool,
     "ERROR_TYPE_BASE": _error_type_base,
     "SUNSET_ENFORCE": _bool,
+    "OPENAPI_ROUTE": _openapi_route,
+    "OPENAPI_INFO": _openapi_info,
 }
 
 
