@@ -5,6 +5,7 @@ against the example app by Schemathesis."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from flask_apiguard import (
     validate,
 )
 
-from .conftest import HttpsClient, base_config, bearer, token_for
+from .conftest import SECRET, HttpsClient, base_config, bearer, token_for
 
 
 class ItemIn(Schema):
@@ -559,3 +560,93 @@ def test_a_problem_schema_of_the_app_is_not_overwritten(tmp_path: Path) -> None:
     assert doc["components"]["schemas"]["Problem"] == {"type": "object", "properties": {"x": {}}}
     ref = op(doc, "/ping", "get")["responses"]["401"]["content"]["application/problem+json"]
     assert ref == {"schema": {"$ref": "#/components/schemas/ApiGuardProblem"}}
+
+
+# -- Schemathesis against the example app --------------------------------------------------------
+
+EXAMPLE_VIEW_ERRORS = {
+    # what the example's views answer themselves (abort), documented by the 4XX range only
+    ("POST", "/api/auth/login"): {401},
+    ("POST", "/api/users"): {409},
+    ("POST", "/api/notes"): {403},
+}
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_nothing_against_the_example_app(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_headers_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    from example_app import create_app
+
+    for name in list(os.environ):
+        if name.startswith(("APIGUARD_", "EXAMPLE_")):
+            monkeypatch.delenv(name)
+    app = create_app({
+        "TESTING": True,
+        "EXAMPLE_DATABASE": str(tmp_path / "example.sqlite3"),
+        "EXAMPLE_ADMIN_PASSWORD": "violet-anchor-93-thimble",
+        "EXAMPLE_PASSWORD_METHOD": "pbkdf2:sha256:1000",
+        "APIGUARD_JWT_SECRET": SECRET,
+        "APIGUARD_API_KEY_STORE": f"sqlite:///{tmp_path / 'keys.sqlite3'}",
+        # room for many requests from one address; the example's own limits stay
+        "APIGUARD_RATELIMIT_DEFAULT": "10000 per minute",
+        "APIGUARD_AUTH_FAILURE_LIMIT": "10000 per minute",
+    })
+    # the document as served, loaded through the app itself (in-process WSGI calls)
+    schema = schemathesis.openapi.from_wsgi("/api/openapi.json", app, base_url="https://localhost")
+    with app.app_context():
+        validate_spec(ApiGuard().openapi())
+
+    def token() -> str:
+        with app.app_context():
+            issued: str = ApiGuard().issue_token("admin", roles=["admin", "user"],
+                                                 scopes=["notes:read", "notes:write"])
+        return issued
+
+    def only_documented_view_errors(ctx: Any, response: Any, case: Any) -> bool | None:
+        """A status the document lists only as the 4XX range must be one the view raises."""
+        documented = set(case.operation.definition.raw["responses"])
+        if response.status_code < 400 or str(response.status_code) in documented:
+            return None
+        key = (case.method.upper(), case.operation.path)
+        assert response.status_code in EXAMPLE_VIEW_ERRORS.get(key, set()), (
+            f"{key}: {response.status_code} is not documented")
+        return True
+
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance,
+              response_headers_conformance, response_schema_conformance,
+              only_documented_view_errors]
+    deadline = time.monotonic() + 240
+    seen: dict[str, set[int]] = {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        strategy = st.one_of(operation.as_strategy(),
+                             operation.as_strategy(generation_mode=schemathesis.GenerationMode.NEGATIVE))
+
+        @settings(max_examples=25, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+        @given(case=strategy, authenticated=st.booleans())
+        def exercise(case: Any, authenticated: bool) -> None:
+            headers = bearer(token()) if authenticated else {}
+            response = case.call(base_url="https://localhost", headers=headers)
+            seen.setdefault(case.operation.label, set()).add(response.status_code)
+            case.validate_response(response, checks=checks)
+
+        exercise()
+        assert time.monotonic() < deadline, "the Schemathesis run took too long"
+    # protected routes were exercised past authentication, not only refused
+    assert 200 in seen["GET /api/notes"] and 401 in seen["GET /api/notes"]
+    assert 201 in seen["POST /api/notes"]
+    assert 200 in seen["GET /api/v1/notes"]
