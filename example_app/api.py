@@ -14,6 +14,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from flask_apiguard import (
     ApiGuard,
     current_identity,
+    deprecated,
     public,
     rate_limit,
     require_api_key,
@@ -161,11 +162,28 @@ def _own_note(note_id: int) -> sqlite3.Row:
 @scopes("notes:read")
 @validate(schemas.NoteQuery, location="query")
 def list_notes(query_data: dict[str, Any]) -> Any:
+    """Your notes, a page at a time (the successor of GET /api/v1/notes)."""
     rows = get_db().execute(
         "SELECT * FROM notes WHERE owner = ? ORDER BY id LIMIT ? OFFSET ?",
         (current_identity.subject, query_data["limit"], query_data["offset"]),
     ).fetchall()
     return {"notes": [_note(r) for r in rows]}
+
+
+#: When GET /api/v1/notes stops answering (410 gone from then on).
+V1_SUNSET = "2030-06-30"
+
+
+@bp.get("/v1/notes")
+@require_jwt
+@require_api_key
+@scopes("notes:read")
+@deprecated(sunset=V1_SUNSET, since="2026-12-01", replacement="/api/notes")
+def list_notes_v1() -> Any:
+    """Version 1 of the listing: a bare array of at most 50 notes. Use GET /api/notes."""
+    rows = get_db().execute("SELECT * FROM notes WHERE owner = ? ORDER BY id LIMIT 50",
+                            (current_identity.subject,)).fetchall()
+    return [_note(r) for r in rows]
 
 
 @bp.post("/notes")

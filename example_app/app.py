@@ -19,6 +19,8 @@ EXAMPLE_DEFAULTS: dict[str, Any] = {
     "APIGUARD_JWT_REVOCATION": True,  # logout revokes the token
     "APIGUARD_JWT_EXPIRES_IN": 900,
     "APIGUARD_JWT_LEEWAY": 10,
+    "APIGUARD_OPENAPI_ROUTE": "/api/openapi.json",  # the API's description, for anyone
+    "APIGUARD_OPENAPI_INFO": {"title": "Example notes API", "version": "1.0.0"},
     "EXAMPLE_PASSWORD_METHOD": "scrypt",
 }
 

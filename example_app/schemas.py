@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+import unicodedata
+
+from marshmallow import Schema, ValidationError, fields, validate
 
 from flask_apiguard.fields import Password, Pattern, SafeString, SanitizedHTML
 
@@ -28,8 +30,15 @@ class CreateUser(Schema):
                         load_default=lambda: ["user"], validate=validate.Length(min=1))
 
 
+def _key_name(value: str) -> None:
+    """What the API key store accepts as a name: not blank, no format characters (SafeString
+    keeps the zero-width joiners that emoji need; the store refuses every format character)."""
+    if not value.strip() or any(unicodedata.category(ch) == "Cf" for ch in value):
+        raise ValidationError("Use a non-blank name without invisible characters.")
+
+
 class CreateKey(Schema):
-    name = SafeString(required=True, max_length=100)
+    name = SafeString(required=True, max_length=100, validate=_key_name)
     scopes = fields.List(fields.String(validate=validate.OneOf(KEY_SCOPES)),
                          load_default=lambda: list(KEY_SCOPES))
     expires_days = fields.Integer(load_default=90, validate=validate.Range(min=1, max=365))

@@ -9,6 +9,7 @@ from .errors import ApiGuardConfigError, ApiGuardError
 from .extension import ApiGuard
 from .identity import Identity
 from .policy import (
+    deprecated,
     public,
     rate_limit,
     rate_limit_exempt,
@@ -28,6 +29,7 @@ __all__ = [
     "ApiKey",
     "Identity",
     "current_identity",
+    "deprecated",
     "fields",
     "public",
     "rate_limit",

@@ -10,6 +10,7 @@ import os
 import re
 import sys
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from .ratelimit.shared import redacted
@@ -309,8 +310,55 @@ def findings(app: Flask, state: GuardState) -> list[Finding]:
     if config.cache_control is None:
         add(Finding("cache-control-off", "low", "APIGUARD_CACHE_CONTROL",
                     "Responses to authenticated requests may be stored by caches."))
+    found.extend(_sunset_findings(app, config.sunset_enforce))
     order = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(found, key=lambda f: order[f.severity])
+
+
+#: How long before a sunset ``check`` starts to mention it.
+SUNSET_NOTICE = timedelta(days=7)
+
+
+def _sunset_findings(app: Flask, enforce: bool) -> list[Finding]:
+    """A ``@deprecated`` view whose sunset is within a week (low) or has passed (medium).
+
+    Read from the declared policies (nothing is compiled): this also runs at start-up."""
+    from .policy import declared_policy
+
+    now = datetime.now(UTC)
+    found: list[Finding] = []
+    seen: set[tuple[str, datetime]] = set()
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: (r.rule, r.endpoint)):
+        view = app.view_functions.get(rule.endpoint)
+        if view is None:
+            continue
+        for method in sorted((rule.methods or set()) - {"OPTIONS", "HEAD"}):
+            deprecation = declared_policy(view, method).deprecation
+            sunset = deprecation.sunset if deprecation is not None else None
+            if sunset is None or (rule.endpoint, sunset) in seen or now < sunset - SUNSET_NOTICE:
+                continue
+            seen.add((rule.endpoint, sunset))
+            day = sunset.date().isoformat()
+            if now < sunset:
+                found.append(Finding(
+                    "sunset-soon", "low", rule.endpoint,
+                    f"{rule.rule} is deprecated and its sunset ({day}) is less than a week away. "
+                    "Tell the callers still using it (signal deprecated_called), or move the "
+                    "sunset in @deprecated.",
+                ))
+            elif enforce:
+                found.append(Finding(
+                    "sunset-passed", "medium", rule.endpoint,
+                    f"{rule.rule} passed its sunset ({day}) and answers 410 gone. Remove the "
+                    "route, or move the sunset in @deprecated if it must come back.",
+                ))
+            else:
+                found.append(Finding(
+                    "sunset-passed", "medium", rule.endpoint,
+                    f"{rule.rule} passed its sunset ({day}) but still answers, because "
+                    "APIGUARD_SUNSET_ENFORCE is False. Remove the route, or move its sunset.",
+                ))
+    return found
 
 
 def warn_at_startup(app: Flask, state: GuardState) -> None:

@@ -1,10 +1,11 @@
-"""``flask apiguard``: ``routes``, ``check``, ``keys`` and ``token``."""
+"""``flask apiguard``: ``routes``, ``openapi``, ``check``, ``keys`` and ``token``."""
 
 from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -50,7 +51,24 @@ def _describe(route: Route) -> dict[str, Any]:
         "scopes": scopes,
         "rate_limits": limits,
         "validate": [spec.location for spec in route.validations],
+        "deprecated": route.deprecation is not None,
+        "sunset": _iso(route.deprecation.sunset) if route.deprecation is not None else None,
     }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
+
+
+def _marker(row: dict[str, Any]) -> str:
+    """The table's note on a deprecated route: its sunset, and whether it has passed."""
+    if not row["deprecated"]:
+        return ""
+    if row["sunset"] is None:
+        return " [deprecated]"
+    sunset = datetime.fromisoformat(row["sunset"])
+    passed = "gone since" if sunset <= datetime.now(UTC) else "sunset"
+    return f" [deprecated, {passed} {row['sunset'][:10]}]"
 
 
 def route_table() -> list[dict[str, Any]]:
@@ -112,7 +130,7 @@ def routes_command(as_json_output: bool, fail_on_unprotected: bool) -> None:
     else:
         click.echo(_table(
             ("RULE", "METHODS", "ENDPOINT", "ACCESS", "RATE LIMITS", "VALIDATE"),
-            [(r["rule"], ",".join(r["methods"]), r["endpoint"], _access(r),
+            [(r["rule"], ",".join(r["methods"]), r["endpoint"] + _marker(r), _access(r),
               "; ".join(r["rate_limits"]) or "-", ",".join(r["validate"]) or "-") for r in rows],
         ))
     unprotected = [r for r in rows if r["unprotected"]]
@@ -124,6 +142,31 @@ def routes_command(as_json_output: bool, fail_on_unprotected: bool) -> None:
                 "it open with @public.", err=True,
             )
         sys.exit(1)
+
+
+@apiguard_cli.command("openapi")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the document to FILE instead of standard output.")
+@click.option("--yaml", "as_yaml", is_flag=True, help="YAML instead of JSON (needs PyYAML).")
+def openapi_command(output: str | None, as_yaml: bool) -> None:
+    """Print the OpenAPI 3.1 document of the enforced policies."""
+    from .openapi import document_for
+
+    document = document_for(current_app, guard_state(current_app))
+    if as_yaml:
+        try:
+            import yaml
+        except ImportError:
+            raise click.ClickException('--yaml needs PyYAML: pip install pyyaml') from None
+        text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+    else:
+        text = json.dumps(document, indent=2) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        click.echo(f"Wrote {output}.", err=True)
 
 
 @apiguard_cli.command("check")

@@ -87,6 +87,9 @@ DEFAULTS: dict[str, Any] = {
     "SANITIZER": "bleach",
     "SECURITY_LOG": True,
     "ERROR_TYPE_BASE": None,
+    "SUNSET_ENFORCE": True,
+    "OPENAPI_ROUTE": None,
+    "OPENAPI_INFO": {},
 }
 
 
@@ -152,6 +155,9 @@ class GuardConfig:
     sanitizer: str
     security_log: bool
     error_type_base: str | None
+    sunset_enforce: bool
+    openapi_route: str | None
+    openapi_info: Mapping[str, Any]
     #: The raw values as given, for ``flask apiguard check`` and debugging.
     raw: Mapping[str, Any] = field(repr=False, compare=False)
 
@@ -213,6 +219,9 @@ _SIMPLE: dict[str, Callable[[str, Any], Any]] = {
     "SANITIZER": read.sanitizer,
     "SECURITY_LOG": read.boolean,
     "ERROR_TYPE_BASE": read.error_type_base,
+    "SUNSET_ENFORCE": read.boolean,
+    "OPENAPI_ROUTE": read.openapi_route,
+    "OPENAPI_INFO": read.openapi_info,
 }
 
 

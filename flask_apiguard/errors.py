@@ -195,6 +195,14 @@ class NotFound(ApiGuardError, wz.NotFound):
     default_detail = "The requested resource was not found."
 
 
+class Gone(ApiGuardError, wz.Gone):
+    """A ``@deprecated`` view past its sunset (``APIGUARD_SUNSET_ENFORCE``)."""
+
+    code = 410
+    error = "gone"
+    default_detail = "This endpoint has been retired."
+
+
 class ServiceUnavailable(ApiGuardError, wz.ServiceUnavailable):
     code = 503
     error = "service_unavailable"
@@ -209,6 +217,7 @@ _CODES_BY_STATUS = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    410: "gone",
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "too_many_requests",

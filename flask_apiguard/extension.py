@@ -9,6 +9,7 @@ the per-request state :mod:`flask_apiguard.context`.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterable
@@ -22,7 +23,7 @@ from werkzeug.routing import RequestRedirect
 from werkzeug.sansio.utils import get_current_url
 from werkzeug.wrappers import Response
 
-from . import response
+from . import openapi, response
 from .apikeys import ApiKeyStore, identity_of
 from .audit import warn_at_startup
 from .cli import apiguard_cli
@@ -31,6 +32,7 @@ from .context import RequestState, own_slot, request_slot
 from .errors import (
     ApiGuardError,
     Forbidden,
+    Gone,
     HttpsRequired,
     InvalidApiKey,
     InvalidHost,
@@ -46,7 +48,7 @@ from .errors import (
 from .identity import ANONYMOUS, Identity, holds
 from .layers import proxies
 from .layers.validation import load as load_location
-from .policy import Route
+from .policy import Route, public
 from .ratelimit.probes import probes
 from .response import SECURE_SCHEMES
 from .state import EXTENSION_NAME, GuardState, current_state
@@ -72,6 +74,45 @@ def _authorization_refusal(route: Route, identity: Identity) -> ApiGuardError | 
             and not route.api_key_scopes <= identity.scopes:
         return Forbidden("The API key lacks a scope this action requires.")
     return None
+
+
+#: The endpoint of the route ``APIGUARD_OPENAPI_ROUTE`` adds.
+OPENAPI_ENDPOINT = "apiguard_openapi"
+
+
+@public
+def _serve_openapi() -> ResponseReturnValue:
+    """The app's OpenAPI document (``APIGUARD_OPENAPI_ROUTE``), built at its first request."""
+    state = current_state()
+    if state.openapi_document is None:
+        document = openapi.document_for(current_app, state)
+        state.openapi_document = json.dumps(document, indent=2).encode()
+    return Response(state.openapi_document, mimetype="application/json")
+
+
+def _merge_into_apiflask(app: Flask, state: GuardState) -> None:
+    """Chain the guard's part into APIFlask's spec processor, so that APIFlask's own spec
+    route (and its docs UI) shows it too. A processor the app registers after ``init_app``
+    replaces this one; :meth:`ApiGuard.openapi` merges either way."""
+    previous = getattr(app, "spec_callback", None)
+
+    def process(spec: Any) -> Any:
+        if previous is not None:
+            spec = previous(spec)
+        if isinstance(spec, dict):  # not with SPEC_PROCESSOR_PASS_OBJECT (an APISpec)
+            openapi.merge_into(spec, state)
+        return spec
+
+    app.spec_callback = process  # type: ignore[attr-defined]
+
+
+def _gone_detail(route: Route) -> str:
+    deprecation = route.deprecation
+    assert deprecation is not None and deprecation.sunset is not None
+    detail = f"This endpoint was retired on {deprecation.sunset.isoformat()}."
+    if deprecation.replacement is not None:
+        detail += f" Use {deprecation.replacement} instead."
+    return detail
 
 
 def _too_many(cls: type[ApiGuardError], retry_after: int) -> ApiGuardError:
@@ -114,7 +155,8 @@ class ApiGuard:
         ``APIGUARD_REJECT_OPERATOR_KEYS``, ``APIGUARD_DUPLICATE_PARAMS``,
         ``APIGUARD_TRUSTED_HOSTS``, ``APIGUARD_TRUSTED_PROXIES``, ``APIGUARD_ALLOWED_METHODS``,
         ``APIGUARD_REQUEST_ID_HEADER``, ``APIGUARD_TRUST_REQUEST_ID``, ``APIGUARD_SANITIZER``,
-        ``APIGUARD_SECURITY_LOG``, ``APIGUARD_ERROR_TYPE_BASE``; and Flask's
+        ``APIGUARD_SECURITY_LOG``, ``APIGUARD_ERROR_TYPE_BASE``, ``APIGUARD_SUNSET_ENFORCE``,
+        ``APIGUARD_OPENAPI_ROUTE``, ``APIGUARD_OPENAPI_INFO``; and Flask's
         ``MAX_CONTENT_LENGTH`` (the smaller limit wins).
 
         :raises ApiGuardConfigError: for a bad value, naming the key and the fix.
@@ -163,6 +205,11 @@ class ApiGuard:
         proxies.install(app, config.trusted_proxies)
         app.register_error_handler(wz.HTTPException, self._handle_http_error)
         app.cli.add_command(apiguard_cli)
+        if config.openapi_route is not None:
+            app.add_url_rule(config.openapi_route, endpoint=OPENAPI_ENDPOINT,
+                             view_func=_serve_openapi, methods=["GET"])
+        if openapi.is_apiflask(app):
+            _merge_into_apiflask(app, state)
         warn_at_startup(app, state)
 
     # -- the pipeline -------------------------------------------------------------------------
@@ -212,6 +259,9 @@ class ApiGuard:
             # Never the view: a view that handles OPTIONS itself would otherwise run for
             # anyone, unauthenticated and uncounted. Flask's own answer lists the methods.
             return current_app.make_default_options_response()
+        # a @deprecated view past its sunset is gone, for anyone, before any credential is read
+        if route.gone_at is not None and time.time() >= route.gone_at:
+            raise Gone(_gone_detail(route))
         # 6. body size, before anything reads the body
         length = state.body.check_size(req)
 
@@ -371,6 +421,20 @@ class ApiGuard:
             jti = token_or_jti
             ttl = (max_age + leeway) if max_age else _DEFAULT_REVOCATION_TTL
         state.shared.revoke(jti, math.ceil(ttl))
+
+    def openapi(self, *, title: str | None = None, version: str | None = None) -> dict[str, Any]:
+        """The OpenAPI 3.1 document of the current app, from the policies the pipeline
+        enforces (needs an app context). See :doc:`openapi`.
+
+        Under APIFlask or flask-smorest it is their document with the guard's security
+        schemes, per-operation ``security``, error responses and ``deprecated`` merged in.
+
+        :param title: ``info.title`` (default: ``APIGUARD_OPENAPI_INFO["title"]``, else the
+            app's name).
+        :param version: ``info.version`` (default: ``APIGUARD_OPENAPI_INFO["version"]``,
+            else ``"0.0.0"``).
+        """
+        return openapi.document_for(current_app, current_state(), title=title, version=version)
 
     @property
     def api_keys(self) -> ApiKeyStore:

@@ -334,6 +334,27 @@ def error_type_base(key: str, value: Any) -> str | None:
     return base
 
 
+def openapi_route(key: str, value: Any) -> str | None:
+    route = string(key, value, optional=True)
+    if route is not None and (not route.startswith("/") or "<" in route or any(
+            ch.isspace() for ch in route)):
+        raise fail(key, f"{route!r} is not a URL path. Write a fixed path such as '/openapi.json', "
+                        "or None to serve no document.")
+    return route
+
+
+def openapi_info(key: str, value: Any) -> dict[str, Any]:
+    info = mapping(key, value, optional=False)
+    assert info is not None
+    for name in ("title", "version", "description"):
+        if name in info and (not isinstance(info[name], str) or not info[name]):
+            raise fail(key, f"{name!r} must be a non-empty string.")
+    for name in info:
+        if not isinstance(name, str):
+            raise fail(key, f"keys must be strings (OpenAPI info fields), got {name!r}.")
+    return info
+
+
 def jwt_keys(key: str, value: Any, instance_path: str) -> dict[str, Any] | None:
     if value is None:
         return None

@@ -31,8 +31,11 @@ from flask import Flask, has_request_context, request
 
 from .context import ENVIRON_KEY, RequestSlot, own_slot
 from .errors import internal_error, problem_response
+from .signals import deprecated_called
 
 if TYPE_CHECKING:
+    from .context import RequestState
+    from .policy import Route
     from .ratelimit.probes import LimitProbe
     from .ratelimit.window import WindowState
     from .state import GuardState
@@ -192,6 +195,38 @@ def finishing(state: GuardState, app: Flask, wsgi_app: Any) -> Any:
     return guarded_wsgi_app
 
 
+def _deprecation(app: Flask, environ: dict[str, Any], current: RequestState, route: Route,
+                 code: int, present: set[str], add: Any) -> None:
+    """A ``@deprecated`` view's headers (precompiled on its route), and its signal."""
+    for name, value in route.deprecation_headers:
+        if name.lower() not in present:
+            add((name, value))
+    if not deprecated_called.receivers or current.preflight \
+            or environ.get("REQUEST_METHOD") == "OPTIONS":
+        return
+    assert route.deprecation is not None
+    try:
+        deprecated_called.send(
+            app,
+            endpoint=route.endpoint,
+            identity=current.identity,
+            request_id=current.request_id,
+            method=environ.get("REQUEST_METHOD"),
+            path=_path(environ),
+            status=code,
+            client_ip=environ.get("REMOTE_ADDR"),
+            sunset=route.deprecation.sunset,
+        )
+    except Exception:
+        _log.exception("flask-apiguard: a receiver of the deprecated_called signal raised")
+
+
+def _path(environ: dict[str, Any]) -> str:
+    """The request path as werkzeug's ``Request.path`` decodes it."""
+    raw = environ.get("PATH_INFO") or "/"
+    return raw.encode("latin-1").decode("utf-8", "replace")
+
+
 def finish(state: GuardState, app: Flask, environ: dict[str, Any], slot: RequestSlot,
            status: str, headers: list[tuple[str, str]]) -> None:
     """Security, CORS and rate-limit headers, the request id and ``Cache-Control`` on the
@@ -247,6 +282,9 @@ def finish(state: GuardState, app: Flask, environ: dict[str, Any], slot: Request
         add(("RateLimit-Reset", str(window.reset_in)))
     if state.request_id_lower not in present:
         add((config.request_id_header, current.request_id))
+    route = current.route
+    if route is not None and route.deprecation_headers:
+        _deprecation(app, environ, current, route, code, present, add)
     if "cache-control" not in present:
         if state.hosts is None and 300 <= code < 400:
             # a redirect's Location names the Host, unchecked here: never cached

@@ -1,6 +1,7 @@
 """Blinker signals, sent with the app as sender, so an app can feed metrics or a SIEM.
 
-Every signal is sent with these keyword arguments:
+Every refusal signal is sent with these keyword arguments (``deprecated_called`` has its own,
+below):
 
 ``request_id``
     the request's id (the ``X-Request-ID`` response header).
@@ -46,6 +47,11 @@ validation_failed = _signals.signal("apiguard.validation-failed")
 #: body, duplicate parameter, storage unavailable.
 request_rejected = _signals.signal("apiguard.request-rejected")
 
+#: A ``@deprecated`` view was called (any status but a CORS preflight's). Sent, unlike the
+#: others, with ``endpoint``, ``identity``, ``request_id``, ``method``, ``path``, ``status``,
+#: ``client_ip`` and ``sunset`` (an aware datetime, or None): who still uses an old version.
+deprecated_called = _signals.signal("apiguard.deprecated-called")
+
 BY_NAME = {
     "auth_failed": auth_failed,
     "access_denied": access_denied,
@@ -54,4 +60,5 @@ BY_NAME = {
     "request_rejected": request_rejected,
 }
 
-__all__ = ["access_denied", "auth_failed", "rate_limited", "request_rejected", "validation_failed"]
+__all__ = ["access_denied", "auth_failed", "deprecated_called", "rate_limited", "request_rejected",
+           "validation_failed"]

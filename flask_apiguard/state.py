@@ -74,6 +74,9 @@ class GuardState:
         self.url_map = app.url_map
         #: Set when a request arrived with X-Forwarded-For while no proxy is trusted.
         self.saw_forwarded = False
+        #: The JSON served at ``APIGUARD_OPENAPI_ROUTE``, built at its first request (no
+        #: route can be added to the app after that).
+        self.openapi_document: bytes | None = None
 
     def note_forwarded(self) -> None:
         """Warn once that a proxy seems to be in front while APIGUARD_TRUSTED_PROXIES is 0."""

@@ -132,6 +132,34 @@ def policy_app(tmp_path: Any, **config: Any) -> Flask:
     return app
 
 
+# -- openapi ----------------------------------------------------------------------------------
+
+def test_openapi_prints_the_document(tmp_path: Any) -> None:
+    from openapi_spec_validator import validate as validate_spec
+
+    app = policy_app(tmp_path)
+    result = run(app, "openapi")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    validate_spec(document)
+    with app.app_context():
+        assert document == ApiGuard().openapi()
+    assert document["paths"]["/api/health"]["get"]["security"] == []
+
+
+def test_openapi_output_file_and_yaml(tmp_path: Any) -> None:
+    import yaml
+
+    app = policy_app(tmp_path)
+    target = tmp_path / "openapi.yaml"
+    result = run(app, "openapi", "--yaml", "--output", str(target))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    document = yaml.safe_load(target.read_text(encoding="utf-8"))
+    assert document["openapi"] == "3.1.0"
+    assert document == json.loads(run(app, "openapi").stdout)
+
+
 # -- routes -----------------------------------------------------------------------------------
 
 def test_routes_table_lists_every_rule(tmp_path: Any) -> None:

@@ -22,7 +22,7 @@ CONTRACT_ERRORS = [
     "forbidden", "too_many_auth_failures", "rate_limit_exceeded", "validation_error",
     "malformed_json", "invalid_body", "duplicate_parameter", "unsupported_media_type",
     "payload_too_large", "method_not_allowed", "invalid_host", "https_required", "not_found",
-    "service_unavailable", "internal_error",
+    "service_unavailable", "internal_error", "gone",
 ]
 
 

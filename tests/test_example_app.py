@@ -503,6 +503,15 @@ def test_revoking_another_users_key_is_404(client: FlaskClient) -> None:
     assert client.get("/api/notes", headers=api_key(victim["key"])).status_code == 200
 
 
+@pytest.mark.parametrize("name", ["", "   ", "laptop\u00ad", "\U0001f469\u200d\U0001f4bb"])
+def test_key_names_the_store_refuses_are_a_400(client: FlaskClient, name: str) -> None:
+    # Found by Schemathesis: SafeString admitted "" (and format characters the key store
+    # refuses), so api_keys.create raised ValueError and the answer was a 500.
+    response = client.post("/api/keys", headers=bearer(login(client)), json={"name": name})
+    assert problem(response)["error"] == "validation_error"
+    assert "name" in response.json["errors"]  # type: ignore[index]
+
+
 def test_key_with_bad_scope_or_lifetime_is_refused(client: FlaskClient) -> None:
     admin = login(client)
     for body in ({"name": "k", "scopes": ["users:write"]}, {"name": "k", "expires_days": 0},
@@ -646,6 +655,48 @@ def test_every_response_carries_request_id_and_security_headers(client: FlaskCli
             assert response.headers["Cache-Control"] == "no-store", name
 
 
+# -- a deprecated version ----------------------------------------------------------------------
+
+def test_v1_notes_is_deprecated_in_favour_of_notes(client: FlaskClient) -> None:
+    from datetime import UTC, datetime
+
+    from example_app.api import V1_SUNSET
+
+    token = login(client)
+    new_note(client, token, title="old client")
+    response = client.get("/api/v1/notes", headers=bearer(token))
+    sunset = datetime.fromisoformat(V1_SUNSET).replace(tzinfo=UTC)
+    if datetime.now(UTC) >= sunset:  # the example's v1 has reached its sunset
+        assert problem(response)["error"] == "gone"
+    else:
+        assert response.status_code == 200
+        assert [n["title"] for n in response.json] == ["old client"]  # type: ignore[union-attr]
+    assert response.headers["Deprecation"] == f"@{int(datetime(2026, 12, 1, tzinfo=UTC).timestamp())}"
+    assert response.headers["Sunset"] == sunset.strftime("%a, %d %b %Y %H:%M:%S GMT")
+    assert response.headers["Link"] == '</api/notes>; rel="successor-version"'
+    successor = client.get("/api/notes", headers=bearer(token))
+    assert "Deprecation" not in successor.headers
+    assert [n["title"] for n in successor.json["notes"]] == ["old client"]  # type: ignore[index]
+
+
+def test_v1_notes_keeps_its_policy(client: FlaskClient) -> None:
+    assert problem(client.get("/api/v1/notes"))["error"] == "unauthorized"
+    token = login(client)
+    key = new_key(client, token, scopes=["notes:write"])["key"]
+    assert problem(client.get("/api/v1/notes", headers=api_key(key)))["error"] == "forbidden"
+
+
+def test_openapi_document_is_served(client: FlaskClient) -> None:
+    response = client.get("/api/openapi.json")
+    assert response.status_code == 200
+    document = response.json
+    assert document is not None
+    v1 = document["paths"]["/api/v1/notes"]["get"]
+    assert v1["deprecated"] is True
+    assert v1["security"] == [{"jwt": ["notes:read"]}, {"api_key": ["notes:read"]}]
+    assert "deprecated" not in document["paths"]["/api/notes"]["get"]
+
+
 # -- the command line ---------------------------------------------------------------------------
 
 def test_cli_finds_no_unprotected_route(tmp_path: Path) -> None:
@@ -661,7 +712,7 @@ def test_cli_finds_no_unprotected_route(tmp_path: Path) -> None:
     rows = json.loads(subprocess.run([*command, "--json"], cwd=ROOT, env=env, capture_output=True,
                                      text=True, timeout=60, check=True).stdout)
     public = sorted(r["rule"] for r in rows if r["public"] and r["rule"] != "/static/<path:filename>")
-    assert public == ["/api/auth/login", "/api/health"]
+    assert public == ["/api/auth/login", "/api/health", "/api/openapi.json"]
     [login_row] = [r for r in rows if r["rule"] == "/api/auth/login"]
     assert login_row["rate_limits"] == ["5 per 15 minute (key=ip, count=failures)"]
 

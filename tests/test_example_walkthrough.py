@@ -207,6 +207,24 @@ def check_throttled(output: str) -> None:
     assert problem_line(body, "rate_limit_exceeded")["retry_after"] == int(headers["retry-after"])
 
 
+def check_deprecated(output: str) -> None:
+    status, headers, body = split_http(output)
+    assert status.split()[1] == "200"
+    assert headers["deprecation"] == "@1796083200"
+    assert headers["sunset"] == "Sun, 30 Jun 2030 00:00:00 GMT"
+    assert headers["link"] == '</api/notes>; rel="successor-version"'
+    [note] = json.loads(body)
+    assert note["title"] == "First note"
+
+
+def check_openapi(output: str) -> None:
+    lines = output.strip().splitlines()
+    assert "GET /api/notes [{'jwt': ['notes:read']}, {'api_key': ['notes:read']}] " in lines
+    assert "GET /api/health [] " in lines
+    [v1] = [line for line in lines if line.startswith("GET /api/v1/notes ")]
+    assert v1.endswith(" deprecated")
+
+
 def check_logout(output: str) -> None:
     status, refused = output.strip().splitlines()
     assert status == "204"
@@ -221,6 +239,8 @@ CHECKS: dict[str, Callable[[str], None]] = {
     "api key": check_api_key,
     "401": check_401,
     "throttled": check_throttled,
+    "deprecated": check_deprecated,
+    "openapi": check_openapi,
     "log out": check_logout,
 }
 

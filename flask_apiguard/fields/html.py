@@ -23,9 +23,9 @@ from marshmallow import fields
 
 if TYPE_CHECKING:
     from bleach.css_sanitizer import CSSSanitizer
+    from html5lib.filters.base import Filter as _Html5libFilter
 
     from ..state import GuardState
-    from html5lib.filters.base import Filter as _Html5libFilter
 else:
     from bleach.html5lib_shim import Filter as _Html5libFilter
 
