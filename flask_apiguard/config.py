@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "PUBLIC_ENDPOINTS": ["static"],
     "STORAGE_URI": "memory://",
     "STORAGE_OPTIONS": {},
+    "MEMORY_STORAGE_MAX_KEYS": 100_000,
     "JWT_SECRET": None,
     "JWT_PRIVATE_KEY": None,
     "JWT_PUBLIC_KEY": None,
@@ -111,6 +112,7 @@ class GuardConfig:
     public_endpoints: frozenset[str]
     storage_uri: str
     storage_options: Mapping[str, Any]
+    memory_storage_max_keys: int
     jwt_secret: bytes | None
     jwt_private_key: bytes | None
     jwt_public_key: bytes | None
@@ -507,6 +509,7 @@ _SIMPLE: dict[str, Callable[[str, Any], Any]] = {
     "PUBLIC_ENDPOINTS": lambda k, v: frozenset(_list(k, v) or ()),
     "STORAGE_URI": _storage_uri,
     "STORAGE_OPTIONS": lambda k, v: _mapping(k, v, optional=False),
+    "MEMORY_STORAGE_MAX_KEYS": lambda k, v: _int(k, v, minimum=1),
     "JWT_SECRET": _bytes_key,
     "JWT_PRIVATE_KEY": _bytes_key,
     "JWT_PUBLIC_KEY": _bytes_key,

@@ -147,6 +147,7 @@ class GuardState:
             dict(config.storage_options),
             config.ratelimit_strategy,
             config.ratelimit_on_storage_error,
+            config.memory_storage_max_keys,
         )
         #: Every route's probes by its limits and bucket names (one bound for the app).
         self.probe_cache = ProbeCache()
@@ -327,6 +328,7 @@ class ApiGuard:
 
         Keys read (all documented in ``docs/config.rst``): ``APIGUARD_DEFAULT_DENY``,
         ``APIGUARD_PUBLIC_ENDPOINTS``, ``APIGUARD_STORAGE_URI``, ``APIGUARD_STORAGE_OPTIONS``,
+        ``APIGUARD_MEMORY_STORAGE_MAX_KEYS``,
         ``APIGUARD_JWT_SECRET``, ``APIGUARD_JWT_PRIVATE_KEY``, ``APIGUARD_JWT_PUBLIC_KEY``,
         ``APIGUARD_JWT_KEYS``, ``APIGUARD_JWT_SIGNING_KEY_ID``, ``APIGUARD_JWT_MAX_LENGTH``,
         ``APIGUARD_JWT_MAX_AGE``, ``APIGUARD_JWT_ALGORITHMS``, ``APIGUARD_JWT_ISSUER``,

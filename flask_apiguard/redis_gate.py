@@ -12,9 +12,11 @@ run them in the pipeline's order:
    for the ``RateLimit-*`` headers.
 
 Keys are named exactly as limits' Redis storage names them, so the counters are the same ones
-limits' strategies read (``tests/test_redis_gate.py`` checks both ways). Redis Cluster cannot
-run one script over keys of different slots, so ``redis+cluster://`` uses the sequential
-backend (a few round trips).
+limits' strategies read (``tests/test_redis_gate.py`` checks both ways). The script touches
+only the keys it is given (``KEYS``), all built here: limits' counters under the storage's
+``key_prefix``, and the revocation and in-flight keys under the same prefix when one is set.
+Redis Cluster cannot run one script over keys of different slots, so ``redis+cluster://``
+uses the sequential backend (a few round trips).
 """
 
 from __future__ import annotations
@@ -415,6 +417,8 @@ class RedisScriptBackend(Backend):
         #: How many figures the script returns per window.
         self.width = 4 if strategy == "sliding-window-counter" else 2
         self._key_cache: dict[str, tuple[str, ...]] = {}
+        self._revoked_prefix: str = getattr(revocations, "prefix", REVOKED_PREFIX)
+        self._inflight_prefix: str = getattr(inflight, "prefix", INFLIGHT_PREFIX)
 
     def _keys(self, probe: LimitProbe) -> tuple[str, ...]:
         """The Redis keys limits' storage uses for ``probe`` (fixed per probe, so cached)."""
@@ -460,8 +464,10 @@ class RedisScriptBackend(Backend):
             keys.extend(self._keys(probe))
             args.append(f"{probe.item.amount} {probe.expiry} {probe.cost} {int(probe.hit)}")
         if jti is not None:
-            keys.append(REVOKED_PREFIX + jti)
-        keys.extend(INFLIGHT_PREFIX + probe.key for probe in reserved)
+            keys.append(self._revoked_prefix + jti)
+        if reserved:
+            inflight = self._inflight_prefix
+            keys.extend(inflight + probe.key for probe in reserved)
         answer = self.script(keys, " ".join(args)).split()
         code, index, figures = int(answer[0]), int(answer[1]), answer[2:]
         width = self.width

@@ -10,8 +10,14 @@ script, see :mod:`flask_apiguard.redis_gate`); otherwise it is a few storage cal
 When the storage cannot be reached the configured policy applies
 (``APIGUARD_RATELIMIT_ON_STORAGE_ERROR``): ``fallback`` counts in this process's memory,
 ``open`` lets requests through, ``closed`` answers 503. Revocation always fails closed. While
-the storage is down it is not called on every request: it is retried after 1, 2 and then
-every 4 seconds, and the switch in both directions is logged.
+the storage is down it is not called on every request: one request at a time retries it, at
+most every ``RETRY_EVERY`` seconds (half a second), so its return is noticed within about a
+second; the switch in both directions is logged.
+
+Every key written to Redis lives under the storage's ``key_prefix`` when
+``APIGUARD_STORAGE_OPTIONS`` gives one (limits' counters as ``<prefix>:LIMITER/...``, the
+guard's own as ``<prefix>:apiguard:revoked:<jti>`` and ``<prefix>:apiguard:inflight:<key>``);
+without one the names are as they always were (``LIMITS:...``, ``apiguard:...``).
 """
 
 from __future__ import annotations
@@ -37,11 +43,15 @@ from .errors import ApiGuardConfigError, ServiceUnavailable
 log = logging.getLogger("flask_apiguard")
 
 _token_bits = random.SystemRandom().getrandbits
+#: The names of the guard's own Redis keys, under the storage's ``key_prefix`` when one is set
+#: (see :func:`guard_key_prefixes`).
 REVOKED_PREFIX = "apiguard:revoked:"
 INFLIGHT_PREFIX = "apiguard:inflight:"
 #: How long a reservation of a ``count="failures"`` request may outlive a crashed worker.
 INFLIGHT_TTL_MS = 60_000
-_RETRY_STEPS = (1.0, 2.0, 4.0)
+#: Seconds between two retries of a storage that is down (one request retries; the others
+#: keep the fault policy meanwhile).
+RETRY_EVERY = 0.5
 #: Redis client options applied unless APIGUARD_STORAGE_OPTIONS says otherwise: a request must
 #: never hang on a dead Redis.
 REDIS_DEFAULTS: dict[str, Any] = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
@@ -110,58 +120,247 @@ class Verdict:
     token: str = ""
 
 
+class _Entry:
+    """One hit of a moving window, as limits' ``Entry`` (``atime``, ``expiry``) in less memory."""
+
+    __slots__ = ("atime", "expiry")
+
+    def __init__(self, atime: float, expiry: float) -> None:
+        self.atime = atime
+        self.expiry = expiry
+
+
 class LocalStorage(MemoryStorage):
-    """limits' :class:`~limits.storage.MemoryStorage`, counting exactly as it does, but
-    sweeping expired keys inline at most every few seconds instead of starting a timer thread
-    every 10 ms (which cost more than the rest of the pipeline). Keys that are read are still
-    expired on read, as in the parent class."""
+    """limits' :class:`~limits.storage.MemoryStorage`, counting exactly as it does, in a table
+    of bounded size that never pauses a request to sweep it.
+
+    - At most ``max_keys`` counters are held (a moving window's key weighs one per entry it
+      keeps). When a new counter finds the table full, the counters nearest their expiry are
+      dropped to make room (a dropped counter starts again from zero), with one warning.
+    - Counters of the same lifetime are created in the order they expire, so a queue per
+      lifetime is expiry-ordered: each new counter drops up to ``SWEEP_STEP`` expired ones from
+      the queues' heads (amortised O(1); never a walk over the table), and every
+      ``SWEEP_EVERY`` seconds up to ``SWEEP_BATCH``. Keys that are read are still expired on
+      read, as in the parent class. No timer thread (the parent starts one every 10 ms).
+      A moving window has one queue record, moved back when it was hit since.
+    - One lock for the table instead of limits' ``RLock`` per key (134 bytes each).
+    """
 
     SWEEP_EVERY = 5.0
+    #: Expired counters dropped per new counter: above one, so the sweep keeps up.
+    SWEEP_STEP = 4
+    #: Expired counters dropped at most by the periodic sweep: a bounded step (0.3 ms
+    #: measured with 500k counters in the table, benchmarks/memory_storage.py).
+    SWEEP_BATCH = 256
+    DEFAULT_MAX_KEYS = 100_000
 
-    def __init__(self) -> None:
+    def __init__(self, max_keys: int = DEFAULT_MAX_KEYS) -> None:
         super().__init__()
         self.timer.cancel()
+        self.max_keys = max_keys
+        #: Counters dropped to keep within ``max_keys`` (not counting expired ones).
+        self.evicted = 0
+        self._warned = False
         self._next_sweep = time.monotonic() + self.SWEEP_EVERY
-        self._sweeping = threading.Lock()
+        self._lock = threading.Lock()
+        #: Per lifetime in seconds: keys in creation order, and the expiry each had then.
+        self._queues: dict[float, tuple[deque[str], deque[float]]] = {}
+        #: The same for moving windows: one record per window, at its newest entry's expiry.
+        self._event_queues: dict[float, tuple[deque[str], deque[float]]] = {}
+        self._event_entries = 0
 
     def _MemoryStorage__schedule_expiry(self) -> None:
-        now = time.monotonic()
-        if now >= self._next_sweep:
-            self._next_sweep = now + self.SWEEP_EVERY
-            self._sweep()
+        pass  # sweeping happens when counters are created (see the class docstring)
+
+    @property
+    def size(self) -> int:
+        """What counts against ``max_keys``: counters plus the entries of moving windows."""
+        return len(self.storage) + self._event_entries
+
+    # -- the table's upkeep, always under self._lock ---------------------------------------------
+    @staticmethod
+    def _record(queues: dict[float, tuple[deque[str], deque[float]]], lifetime: float,
+                key: str, until: float) -> None:
+        queue = queues.get(lifetime)
+        if queue is None:
+            queue = queues[lifetime] = (deque(), deque())
+        queue[0].append(key)
+        queue[1].append(until)
+
+    def _created(self, now: float) -> None:
+        """After a counter or moving-window entry was added: sweep a few, keep to the bound."""
+        if self._next_sweep <= time.monotonic():
+            self._next_sweep = time.monotonic() + self.SWEEP_EVERY
+            self._drop_expired(now, self.SWEEP_BATCH, drop_windows=True)
+        else:
+            self._drop_expired(now, self.SWEEP_STEP)
+        if self.size > self.max_keys:
+            self._evict(now)
+
+    def _drop_counter(self, key: str, until: float) -> bool:
+        """Drop ``key`` if it is still the counter its queue record describes."""
+        if self.expirations.get(key) == until:
+            self.storage.pop(key, None)
+            del self.expirations[key]
+            return True
+        return False
+
+    def _settle_event_head(self, keys: deque[str], untils: deque[float],
+                           drop_expired: bool) -> bool | None:
+        """Look at the first moving-window record: a window hit since is queued again at its
+        new expiry (None); a window gone is forgotten (False); a window whose every entry has
+        expired is dropped (True) when ``drop_expired``, else left in place (False, nothing
+        done). A moving window has one record, so the queues grow with windows, not hits."""
+        key, until = keys[0], untils[0]
+        events = self.events.get(key)
+        if events and events[0].expiry > until:
+            keys.popleft()
+            untils.popleft()
+            keys.append(key)
+            untils.append(events[0].expiry)
+            return None
+        if events and not drop_expired:
+            return False
+        keys.popleft()
+        untils.popleft()
+        if events:
+            del self.events[key]
+            self._event_entries -= len(events)
+            return True
+        return False
+
+    def _drop_expired(self, now: float, budget: int, *, drop_windows: bool = False) -> None:
+        """Drop up to ``budget`` expired counters from the heads of the queues. Moving windows
+        whose entries have all expired are dropped only with ``drop_windows`` (the periodic
+        sweep, as limits' timer does; a window dropped early reads differently)."""
+        for keys, untils in self._queues.values():
+            while keys and untils[0] <= now and budget > 0:
+                budget -= 1
+                self._drop_counter(keys.popleft(), untils.popleft())
+        for keys, untils in self._event_queues.values():
+            while keys and untils[0] <= now and budget > 0:
+                budget -= 1
+                before = len(keys)
+                if self._settle_event_head(keys, untils, drop_windows) is False \
+                        and len(keys) == before:
+                    break  # an expired window left for the periodic sweep
+
+    def _evict(self, now: float) -> None:
+        """Drop the counters nearest their expiry until the table fits ``max_keys``."""
+        while self.size > self.max_keys:
+            nearest: tuple[deque[str], deque[float]] | None = None
+            nearest_event = False
+            for event, queues in ((False, self._queues), (True, self._event_queues)):
+                for queue in queues.values():
+                    if queue[1] and (nearest is None or queue[1][0] < nearest[1][0]):
+                        nearest, nearest_event = queue, event
+            if nearest is None:
+                return  # nothing queued (counters only decremented): nothing to drop
+            until = nearest[1][0]
+            if nearest_event:
+                dropped = self._settle_event_head(nearest[0], nearest[1], True)
+            else:
+                nearest[1].popleft()
+                dropped = self._drop_counter(nearest[0].popleft(), until)
+            if dropped and until > now:
+                self.evicted += 1
+                if not self._warned:
+                    self._warned = True
+                    log.warning(
+                        "flask-apiguard: the memory storage holds "
+                        "APIGUARD_MEMORY_STORAGE_MAX_KEYS=%d counters; the counters nearest "
+                        "their expiry are dropped to make room, and start again from zero. "
+                        "Raise the setting or use APIGUARD_STORAGE_URI = 'redis://...'.",
+                        self.max_keys,
+                    )
 
     def _sweep(self) -> None:
-        """Drop expired counters and moving-window entries. Unlike the parent's timer sweep it
-        runs on request threads, so it works on snapshots and pops with defaults: another
-        thread may expire the same key at the same moment."""
-        if not self._sweeping.acquire(blocking=False):
-            return  # another thread is sweeping
-        try:
-            now = time.time()
-            for key, until in list(self.expirations.items()):
-                if until <= now:
-                    self.storage.pop(key, None)
-                    self.expirations.pop(key, None)
-                    self.locks.pop(key, None)
-            for key in list(self.events):
-                with self.locks[key]:
-                    events = self.events.get(key)
-                    if events:
-                        live = [e for e in events if e.expiry > now]
-                        if live:
-                            self.events[key] = live
-                            continue
-                    self.events.pop(key, None)
-                self.locks.pop(key, None)
-        finally:
-            self._sweeping.release()
+        """Drop up to ``SWEEP_BATCH`` expired counters now."""
+        with self._lock:
+            self._drop_expired(time.time(), self.SWEEP_BATCH, drop_windows=True)
+
+    # -- limits' MemoryStorage API, without a lock per key ---------------------------------------
+    def get(self, key: str) -> int:
+        return self._count(key, time.time())
+
+    def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        now = time.time()
+        self._count(key, now)  # expire on read, as the parent's incr does
+        with self._lock:
+            counts = self.storage
+            counts[key] += amount
+            value = counts[key]
+            if value == amount:
+                until = now + expiry
+                self.expirations[key] = until
+                self._record(self._queues, expiry, key, until)
+                self._created(now)
+        return value
+
+    def decr(self, key: str, amount: int = 1) -> int:
+        now = time.time()
+        self._count(key, now)
+        with self._lock:
+            counts = self.storage
+            if key not in counts:  # expired, or dropped: nothing to take back
+                return 0
+            counts[key] = max(counts[key] - amount, 0)
+            return counts[key]
+
+    def clear(self, key: str) -> None:
+        with self._lock:
+            self.storage.pop(key, None)
+            self.expirations.pop(key, None)
+            events = self.events.pop(key, None)
+            if events:
+                self._event_entries -= len(events)
+
+    def reset(self) -> int | None:
+        with self._lock:
+            count = max(len(self.storage), len(self.events))
+            self.storage.clear()
+            self.expirations.clear()
+            self.events.clear()
+            self._queues.clear()
+            self._event_queues.clear()
+            self._event_entries = 0
+            return count
+
+    def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        """The parent's ``acquire_entry``; the entries past ``limit`` (all older than the
+        window, or the request would have been refused) are dropped as it adds new ones."""
+        if amount > limit:
+            return False
+        with self._lock:
+            timestamp = time.time()
+            table = cast(dict[str, list[Any]], self.events)  # of _Entry, not limits' Entry
+            events = table.get(key)
+            created = events is None
+            if events is None:
+                events = table[key] = []
+            try:
+                entry: _Entry | None = events[limit - amount]
+            except IndexError:
+                entry = None
+            if entry and entry.atime >= timestamp - expiry:
+                return False
+            new = _Entry(timestamp, timestamp + expiry)
+            events[:0] = [new] * amount
+            added = amount
+            if len(events) > limit:
+                added -= len(events) - limit
+                del events[limit:]
+            self._event_entries += added
+            if created:
+                self._record(self._event_queues, expiry, key, new.expiry)
+            self._created(timestamp)
+            return True
 
     def _count(self, key: str, now: float) -> int:
         """``get(key)`` as the parent does it (expired keys dropped), without its error wrapper."""
         if self.expirations.get(key, 0) <= now:
             self.storage.pop(key, None)
             self.expirations.pop(key, None)
-            self.locks.pop(key, None)
             return 0
         return self.storage.get(key, 0)
 
@@ -194,13 +393,15 @@ class LocalStorage(MemoryStorage):
         if amount > limit or floor(previous * previous_ttl / expiry + current) + amount > limit:
             return False, (previous, previous_ttl, current, current_ttl)
         # incr(), minus the checks it repeats: the key was just read (and so expired) above
-        self._MemoryStorage__schedule_expiry()
-        with self.locks[current_key]:
+        with self._lock:
             counts = self.storage
             counts[current_key] += amount
             current = counts[current_key]
             if current == amount:
-                self.expirations[current_key] = now + 2 * expiry
+                until = now + 2 * expiry
+                self.expirations[current_key] = until
+                self._record(self._queues, 2 * expiry, current_key, until)
+                self._created(now)
         if floor(previous * previous_ttl / expiry + current) > limit:
             self.decr(current_key, amount)  # lost a race with another thread, as the parent does
             return False, (previous, previous_ttl, current - amount, current_ttl)
@@ -483,10 +684,12 @@ class RedisInflight:
     its expiry, so a worker that dies mid-request gives its place back after
     ``INFLIGHT_TTL_MS`` however busy the counter is. (The Lua gate of
     :mod:`flask_apiguard.redis_gate` reads and adds places in its one round trip; this class
-    serves the sequential backend and the release after the response.)"""
+    serves the sequential backend and the release after the response.) Keys are
+    ``prefix + <counter key>``."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, prefix: str = INFLIGHT_PREFIX) -> None:
         self.client = client
+        self.prefix = prefix
 
     @staticmethod
     def members(token: str, cost: int) -> list[str]:
@@ -494,19 +697,19 @@ class RedisInflight:
 
     def get(self, key: str) -> int:
         pipe = self.client.pipeline()
-        pipe.zremrangebyscore(INFLIGHT_PREFIX + key, "-inf", int(time.time() * 1000))
-        pipe.zcard(INFLIGHT_PREFIX + key)
+        pipe.zremrangebyscore(self.prefix + key, "-inf", int(time.time() * 1000))
+        pipe.zcard(self.prefix + key)
         return int(pipe.execute()[1])
 
     def add(self, key: str, token: str, cost: int) -> None:
         until = int(time.time() * 1000) + INFLIGHT_TTL_MS
         pipe = self.client.pipeline()
-        pipe.zadd(INFLIGHT_PREFIX + key, dict.fromkeys(self.members(token, cost), until))
-        pipe.pexpire(INFLIGHT_PREFIX + key, INFLIGHT_TTL_MS)
+        pipe.zadd(self.prefix + key, dict.fromkeys(self.members(token, cost), until))
+        pipe.pexpire(self.prefix + key, INFLIGHT_TTL_MS)
         pipe.execute()
 
     def release(self, key: str, token: str, cost: int) -> None:
-        self.client.zrem(INFLIGHT_PREFIX + key, *self.members(token, cost))
+        self.client.zrem(self.prefix + key, *self.members(token, cost))
 
 
 class MemoryRevocations:
@@ -530,16 +733,34 @@ class MemoryRevocations:
 
 
 class RedisRevocations:
-    """Revoked ``jti`` values as Redis keys ``apiguard:revoked:<jti>`` that expire with the token."""
+    """Revoked ``jti`` values as Redis keys ``prefix + <jti>`` (``apiguard:revoked:<jti>``
+    unless a ``key_prefix`` is set) that expire with the token."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, prefix: str = REVOKED_PREFIX) -> None:
         self.client = client
+        self.prefix = prefix
 
     def contains(self, jti: str) -> bool:
-        return bool(self.client.exists(REVOKED_PREFIX + jti))
+        return bool(self.client.exists(self.prefix + jti))
 
     def add(self, jti: str, ttl: int) -> None:
-        self.client.set(REVOKED_PREFIX + jti, "1", ex=max(1, ttl))
+        self.client.set(self.prefix + jti, "1", ex=max(1, ttl))
+
+
+def guard_key_prefixes(options: dict[str, Any]) -> tuple[str, str]:
+    """The prefixes of the revocation and in-flight keys for these storage options: under
+    ``key_prefix`` as limits' own keys are (``f"{key_prefix}:{key}"``), or today's names.
+
+    :raises ApiGuardConfigError: when ``key_prefix`` is not a non-empty string.
+    """
+    key_prefix = options.get("key_prefix")
+    if key_prefix is None and "key_prefix" not in options:
+        return REVOKED_PREFIX, INFLIGHT_PREFIX
+    if not isinstance(key_prefix, str) or not key_prefix:
+        raise ApiGuardConfigError(
+            f"APIGUARD_STORAGE_OPTIONS: key_prefix must be a non-empty string, got {key_prefix!r}."
+        )
+    return f"{key_prefix}:{REVOKED_PREFIX}", f"{key_prefix}:{INFLIGHT_PREFIX}"
 
 
 def redacted(uri: str) -> str:
@@ -570,13 +791,20 @@ def redis_client_defaults(scheme: str = "redis") -> dict[str, Any]:
 class SharedState:
     """The per-app shared state with its fault policy. See the module docstring."""
 
-    def __init__(self, uri: str, options: dict[str, Any], strategy: str, on_error: str) -> None:
+    def __init__(self, uri: str, options: dict[str, Any], strategy: str, on_error: str,
+                 memory_max_keys: int = LocalStorage.DEFAULT_MAX_KEYS) -> None:
         self.uri = uri
         self.on_error = on_error
         self.strategy = strategy
         scheme = _scheme(uri)
+        #: The configured storage is this process's memory: counters are per process (N
+        #: workers allow N times each limit) and revocations are forgotten on restart.
         self.is_memory = scheme == "memory"
+        #: The counter cap of every memory table (``APIGUARD_MEMORY_STORAGE_MAX_KEYS``).
+        self.memory_max_keys = memory_max_keys
         self.storage_options = dict(options)
+        self.key_prefixes = guard_key_prefixes(self.storage_options) if not self.is_memory \
+            else (REVOKED_PREFIX, INFLIGHT_PREFIX)
         errors: list[type[BaseException]] = [StorageError, OSError]
         if not self.is_memory:
             try:
@@ -590,10 +818,10 @@ class SharedState:
                 self.storage_options.setdefault(name, value)
             errors += [redis.RedisError, redis.exceptions.RedisClusterException]
         self.errors: tuple[type[BaseException], ...] = tuple(errors)
-        self.fallback = Backend(LocalStorage(), strategy, None)
+        self.fallback = Backend(LocalStorage(memory_max_keys), strategy, None)
         self._down_since: float | None = None
         self._retry_at = 0.0
-        self._failures = 0
+        self._probing = False
         self._lock = threading.Lock()
         self._primary: Backend | None = None
         try:
@@ -608,7 +836,7 @@ class SharedState:
         from .redis_gate import RedisScriptBackend, supports_scripts
 
         if self.is_memory:
-            return Backend(LocalStorage(), self.strategy, MemoryRevocations())
+            return Backend(LocalStorage(self.memory_max_keys), self.strategy, MemoryRevocations())
         try:
             storage = cast(Storage, storage_from_string(self.uri, **self.storage_options))
         except (ConfigurationError, TypeError, ValueError) as exc:
@@ -619,7 +847,9 @@ class SharedState:
                 "and options."
             ) from None
         client = cast(Any, storage).get_connection()
-        revocations, inflight = RedisRevocations(client), RedisInflight(client)
+        revoked_prefix, inflight_prefix = self.key_prefixes
+        revocations = RedisRevocations(client, revoked_prefix)
+        inflight = RedisInflight(client, inflight_prefix)
         if supports_scripts(storage):
             return RedisScriptBackend(storage, self.strategy, revocations, inflight)
         return Backend(storage, self.strategy, revocations, inflight)
@@ -632,22 +862,28 @@ class SharedState:
         return self._primary
 
     # -- health -------------------------------------------------------------------------------
-    def _usable(self) -> bool:
-        return self._down_since is None or time.monotonic() >= self._retry_at
+    def _claim_retry(self) -> bool:
+        """While the storage is down: whether this request is the one to retry it (the retry
+        time has come and no other request is retrying)."""
+        if self._probing or time.monotonic() < self._retry_at:
+            return False
+        with self._lock:
+            if self._probing or time.monotonic() < self._retry_at:
+                return False
+            self._probing = True
+            return True
 
     def _mark_down(self, exc: BaseException) -> None:
         with self._lock:
+            now = time.monotonic()
             if self._down_since is None:
-                self._down_since = time.monotonic()
-                self._failures = 0
+                self._down_since = now
                 log.warning(
                     "flask-apiguard: shared storage %s is unreachable (%s); applying "
                     "APIGUARD_RATELIMIT_ON_STORAGE_ERROR=%r until it returns.",
                     redacted(self.uri), type(exc).__name__, self.on_error,
                 )
-            step = _RETRY_STEPS[min(self._failures, len(_RETRY_STEPS) - 1)]
-            self._failures += 1
-            self._retry_at = time.monotonic() + step
+            self._retry_at = now + RETRY_EVERY
 
     def _mark_up(self) -> None:
         with self._lock:
@@ -657,7 +893,6 @@ class SharedState:
                     redacted(self.uri), time.monotonic() - self._down_since,
                 )
                 self._down_since = None
-                self._failures = 0
 
     # -- the per-request question -------------------------------------------------------------
     def admit(self, failure: Sequence[LimitProbe], auth_failed: bool, jti: str | None,
@@ -666,16 +901,22 @@ class SharedState:
         else is looked at); count this request's failed authentication (``auth_failed``); is
         ``jti`` revoked (counted as a failure too); then consume ``limits`` in order, stopping
         at the first exceeded one. ``want_window`` asks for the ``RateLimit-*`` figures."""
-        if self._down_since is None or self._usable():
+        if self._down_since is None:
             try:
                 primary = self._primary if self._primary is not None else self.primary
-                verdict = primary.admit(failure, auth_failed, jti, limits, want_window)
+                return primary.admit(failure, auth_failed, jti, limits, want_window)
+            except self.errors as exc:
+                self._mark_down(exc)
+        elif self._claim_retry():
+            try:
+                verdict = self.primary.admit(failure, auth_failed, jti, limits, want_window)
             except self.errors as exc:
                 self._mark_down(exc)
             else:
-                if self._down_since is not None:
-                    self._mark_up()
+                self._mark_up()
                 return verdict
+            finally:
+                self._probing = False
         if jti is not None:
             raise ServiceUnavailable("The token revocation list cannot be checked right now.")
         if self.on_error == "closed":

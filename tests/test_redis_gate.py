@@ -151,3 +151,75 @@ def test_a_refused_token_is_one_round_trip_too(private_redis: Any, make_app: Any
             assert client.get("/private", headers=bearer("bad.token.value")).status_code == 401
 
     assert _client_commands(private_redis.url, bad_tokens) == ["EVALSHA"] * 3
+
+
+def _monitor(url: str, action: Any) -> list[dict[str, Any]]:
+    """Every command Redis ran while ``action`` ran, scripts' own included (MONITOR)."""
+    import threading
+
+    import redis
+
+    seen: list[dict[str, Any]] = []
+    ready = threading.Event()
+
+    def watch() -> None:
+        with redis.Redis.from_url(url).monitor() as monitor:
+            ready.set()
+            for entry in monitor.listen():
+                if "apiguard-monitor-stop" in entry["command"]:
+                    return
+                seen.append(entry)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    assert ready.wait(5)
+    action()
+    redis.Redis.from_url(url).echo("apiguard-monitor-stop")
+    thread.join(5)
+    return seen
+
+
+def test_the_gate_touches_only_keys_under_the_key_prefix(private_redis: Any, make_app: Any) -> None:
+    # the gate read and wrote apiguard:revoked:* and apiguard:inflight:* outside key_prefix
+    from flask_apiguard import ApiGuard, rate_limit, require_jwt
+
+    prefix = "run-7f3a"
+    app = make_app(init=False, APIGUARD_STORAGE_URI=private_redis.url,
+                   APIGUARD_STORAGE_OPTIONS={"key_prefix": prefix}, APIGUARD_JWT_REVOCATION=True)
+
+    @app.post("/login")
+    @require_jwt
+    @rate_limit("10/minute", count="failures")
+    @rate_limit("100/minute")
+    def login() -> Any:
+        return {"error": "no"}, 401
+
+    ApiGuard(app)
+    client = app.test_client()
+    token = token_for(app)
+
+    def requests() -> None:
+        assert client.post("/login", headers=bearer(token)).status_code == 401
+        assert client.get("/private", headers=bearer("bad.token.value")).status_code == 401
+        with app.app_context():
+            app.extensions["apiguard"].guard.revoke_token(token)
+        assert client.post("/login", headers=bearer(token)).status_code == 401  # revoked
+
+    entries = _monitor(private_redis.url, requests)
+    handshake = {"HELLO", "CLIENT", "SELECT", "PING", "SCRIPT", "ECHO"}
+    touched: list[str] = []
+    for entry in entries:
+        words = entry["command"].split()
+        name = words[0].upper()
+        if name in handshake:
+            continue
+        if name in ("EVALSHA", "EVAL"):
+            touched.extend(words[3:3 + int(words[2])])
+        elif name in ("EXISTS", "DEL"):
+            touched.extend(words[1:])
+        else:
+            touched.append(words[1])
+    assert touched
+    assert [k for k in touched if not k.startswith(f"{prefix}:")] == []
+    assert any(":apiguard:revoked:" in k for k in touched)
+    assert any(":apiguard:inflight:" in k for k in touched)

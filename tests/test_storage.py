@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import multiprocessing
 import queue
 import shutil
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,9 +23,12 @@ from typing import Any
 import pytest
 import redis
 from flask import Flask, request
+from limits import parse
 
 from flask_apiguard import ApiGuard, ApiGuardConfigError, public, rate_limit
 from flask_apiguard.extension import guard_state
+from flask_apiguard.storage import Counter as LimitCounter
+from flask_apiguard.storage import LimitProbe, LocalStorage, SharedState
 
 from .conftest import IN_CI, HttpsClient, base_config, free_port, own_keys, problem
 
@@ -454,3 +459,190 @@ def test_threads_on_two_instances_share_one_exact_budget(redis_url: str,
           f"limit {LIMIT}, refused {total[429]}, per thread {parts}")
     assert total[200] == LIMIT
     assert total[429] == WORKERS * REQUESTS - LIMIT
+
+
+# -- memory storage: a bounded table ------------------------------------------------------------
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(time, "time", fake)
+    return fake
+
+
+def test_memory_storage_holds_at_most_max_keys(clock: FakeClock) -> None:
+    # memory:// kept a counter per client and view for two windows, without bound
+    storage = LocalStorage(max_keys=100)
+    for n in range(1_000):
+        clock.now += 0.01
+        storage.incr(f"client-{n}", 60)
+        assert len(storage.storage) <= 100
+    assert storage.get("client-999") == 1  # the newest counters are kept
+
+
+def test_memory_storage_evicts_the_counter_nearest_expiry_first(clock: FakeClock) -> None:
+    storage = LocalStorage(max_keys=4)
+    storage.incr("long-old", 3600)
+    clock.now += 1
+    storage.incr("short", 10)  # created later, but expires first
+    clock.now += 1
+    storage.incr("long-a", 3600)
+    storage.incr("long-b", 3600)
+    storage.incr("long-c", 3600)  # full: the counter closest to its end goes
+    assert set(storage.storage) == {"long-old", "long-a", "long-b", "long-c"}
+    storage.incr("long-d", 3600)
+    assert set(storage.storage) == {"long-a", "long-b", "long-c", "long-d"}
+
+
+def test_memory_storage_logs_once_when_full(clock: FakeClock,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    storage = LocalStorage(max_keys=10)
+    with caplog.at_level(logging.WARNING, logger="flask_apiguard"):
+        for n in range(100):
+            storage.incr(f"k{n}", 60)
+    warnings = [r for r in caplog.records if "APIGUARD_MEMORY_STORAGE_MAX_KEYS" in r.getMessage()]
+    assert len(warnings) == 1
+    assert storage.evicted == 90
+
+
+def test_memory_storage_keeps_no_lock_per_key(clock: FakeClock) -> None:
+    # limits' MemoryStorage made one RLock per counter (134 bytes each, a third of a counter)
+    for strategy in ("sliding-window-counter", "fixed-window", "moving-window"):
+        storage = LocalStorage()
+        counter = LimitCounter(storage, strategy)
+        for n in range(200):
+            probe = LimitProbe(parse("5/minute"), ("apiguard", "view", f"ip:{n}"))
+            counter.hit_window(probe, clock.now)
+            counter.test(probe)
+            storage.decr(probe.key)
+        assert len(storage.locks) == 0, strategy
+
+
+def test_memory_sweep_is_incremental(clock: FakeClock) -> None:
+    # the sweep copied every key on a request thread: 118 ms at 500k keys
+    storage = LocalStorage()
+    for n in range(20_000):
+        storage.incr(f"old-{n}", 1)
+    clock.now += 5
+    storage._next_sweep = 0  # the periodic sweep is due too
+    storage.incr("fresh", 60)
+    assert len(storage.storage) > 20_000 - 2 * LocalStorage.SWEEP_BATCH  # a bounded step
+    for n in range(10_000):
+        storage.incr(f"new-{n}", 60)
+    # each new counter sweeps a few expired ones: the expired are all gone by now
+    assert len(storage.storage) == 10_001
+
+
+def test_memory_moving_window_keeps_no_more_entries_than_its_limit(clock: FakeClock) -> None:
+    storage = LocalStorage()
+    for _ in range(500):
+        clock.now += 1
+        assert storage.acquire_entry("k", 10, 5)
+    assert len(storage.events["k"]) <= 10
+
+
+def test_memory_storage_max_keys_is_applied_and_validated(make_app: Any) -> None:
+    app = make_app(APIGUARD_MEMORY_STORAGE_MAX_KEYS=1_000)
+    shared = guard_state(app).shared
+    assert shared.memory_max_keys == 1_000
+    assert shared.primary.storage.max_keys == 1_000
+    assert shared.fallback.storage.max_keys == 1_000
+    assert guard_state(make_app()).shared.memory_max_keys == 100_000
+    for bad in (0, -5, "many", 2.5, None):
+        with pytest.raises(ApiGuardConfigError, match="APIGUARD_MEMORY_STORAGE_MAX_KEYS"):
+            make_app(APIGUARD_MEMORY_STORAGE_MAX_KEYS=bad)
+
+
+def test_a_full_memory_storage_still_limits_the_active_client(make_app: Any) -> None:
+    app = make_app(init=False, APIGUARD_MEMORY_STORAGE_MAX_KEYS=50, APIGUARD_RATELIMIT_DEFAULT=None)
+
+    @app.get("/limited")
+    @public
+    @rate_limit("3/minute", key="ip")
+    def limited() -> Any:
+        return {"ok": True}
+
+    ApiGuard(app)
+    client = app.test_client()
+    for n in range(200):  # a flood of distinct clients
+        client.get("/limited", environ_base={"REMOTE_ADDR": f"198.51.100.{n % 250}"})
+    storage = guard_state(app).shared.primary.storage
+    assert len(storage.storage) <= 50
+    codes = [client.get("/limited", environ_base={"REMOTE_ADDR": "203.0.113.7"}).status_code
+             for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+
+
+# -- Redis: every key under the storage's key_prefix ---------------------------------------------
+
+def _keys_of_run(url: str, marker: str) -> list[str]:
+    client = redis.Redis.from_url(url)
+    return sorted(k.decode() for k in client.scan_iter(match=f"*{marker}*", count=1000))
+
+
+def _drop(url: str, keys: list[str]) -> None:
+    if keys:
+        redis.Redis.from_url(url).delete(*keys)
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("backend", ["script", "sequential"])
+def test_every_key_the_guard_writes_starts_with_the_key_prefix(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    # revoked tokens and in-flight places ignored key_prefix: two runs sharing a Redis collided
+    from flask_apiguard import redis_gate
+
+    if backend == "sequential":  # what redis+cluster:// uses
+        monkeypatch.setattr(redis_gate, "supports_scripts", lambda storage: False)
+    marker = uuid.uuid4().hex
+    prefix = f"run-{marker}"
+    shared = SharedState(redis_url, {"key_prefix": prefix}, "sliding-window-counter", "closed")
+    assert isinstance(shared.primary, redis_gate.RedisScriptBackend) == (backend == "script")
+    failure = [LimitProbe(parse("5/minute"), ("apiguard", "authfail", f"ip:{marker}"))]
+    limit = LimitProbe(parse("5/minute"), ("apiguard", "view:a", f"ip:{marker}"))
+    places = LimitProbe(parse("5/minute"), ("apiguard", "view:login", f"ip:{marker}"), hit=False)
+    try:
+        shared.admit(failure, True, None, (), False)  # an auth-failure counter
+        shared.admit(failure, False, None, (limit,), True)  # a rate-limit counter
+        shared.revoke(f"jti-{marker}", 60)  # the denylist
+        assert shared.admit(failure, False, f"jti-{marker}", (limit,), False).revoked
+        held = shared.admit((), False, None, (places,), True)  # an in-flight place
+        assert held.reserved == (places,)
+        keys = _keys_of_run(redis_url, marker)
+        assert keys and all(k.startswith(f"{prefix}:") for k in keys), keys
+        kinds = {"authfail", "view:a", "revoked", "inflight"}
+        assert {kind for kind in kinds if any(kind in k for k in keys)} == kinds, keys
+        assert held.backend is not None
+        shared.settle(held.backend, held.reserved, held.token, failed=True)
+    finally:
+        _drop(redis_url, _keys_of_run(redis_url, marker))
+
+
+@pytest.mark.redis
+def test_without_a_key_prefix_the_key_names_stay_as_they_were(redis_url: str) -> None:
+    marker = uuid.uuid4().hex
+    shared = SharedState(redis_url, {}, "fixed-window", "closed")
+    try:
+        shared.revoke(f"jti-{marker}", 60)
+        places = LimitProbe(parse("5/minute"), ("apiguard", "view:login", marker), hit=False)
+        assert shared.admit((), False, None, (places,), False).reserved
+        keys = _keys_of_run(redis_url, marker)
+        assert f"apiguard:revoked:jti-{marker}" in keys
+        assert f"apiguard:inflight:{places.key}" in keys
+    finally:
+        _drop(redis_url, _keys_of_run(redis_url, marker))
+
+
+@pytest.mark.parametrize("prefix", ["", 5, None, ["x"]])
+def test_a_key_prefix_must_be_a_string(make_app: Any, prefix: Any) -> None:
+    with pytest.raises(ApiGuardConfigError, match="APIGUARD_STORAGE_OPTIONS"):
+        make_app(APIGUARD_STORAGE_URI="redis://127.0.0.1:1/0",
+                 APIGUARD_STORAGE_OPTIONS={"key_prefix": prefix})

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
+import types
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +23,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from flask_apiguard import ApiGuard, public, rate_limit
+from flask_apiguard import storage as storage_module
+from flask_apiguard.errors import ServiceUnavailable
+from flask_apiguard.storage import SharedState, Verdict
 
 from .conftest import PrivateRedis, bearer, problem, token_for
 
@@ -30,8 +35,10 @@ POLICIES = ("fallback", "open", "closed")
 HANG_GUARD = 2.0
 LIMIT = 5
 LOGGER = "flask_apiguard"
-#: Longest wait for the storage to be retried after it returns (1 s, 2 s, then every 4 s).
-RECOVERY_WAIT = 6.0
+#: Longest wait for requests to be counted in Redis again after it returns: it is retried every
+#: half second, so about one second; the slack is for a loaded machine (the exact bound is
+#: checked with a controlled clock in test_a_returning_storage_is_noticed_within_a_second).
+RECOVERY_WAIT = 3.0
 
 
 def fault_app(make_app: Callable[..., Flask], url: str, policy: str, **config: Any) -> Flask:
@@ -165,3 +172,108 @@ def test_revocation_fails_closed_while_redis_is_down(make_app: Any, private_redi
     # only the JWT needs the denylist: other requests follow the rate-limit policy
     for response in (client.get("/health"), client.get("/private", headers={"X-API-Key": api_key})):
         assert response.status_code == (503 if policy == "closed" else 200), response.data[:200]
+
+
+# -- recovery: noticed within about a second, probed by one request at a time ---------------------
+
+class SteppedClock:
+    """``time.monotonic`` as storage.py sees it, moved by the test (``time.time`` stays real)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 1_000.0
+        fake = types.SimpleNamespace(monotonic=lambda: self.now, time=time.time)
+        monkeypatch.setattr(storage_module, "time", fake)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FlakyBackend:
+    """A primary backend that is down until told otherwise, counting the calls it gets."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.calls = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+
+    def admit(self, *args: Any) -> Verdict:
+        self.calls += 1
+        self.entered.set()
+        assert self.release.wait(10)
+        if self.down:
+            raise ConnectionError("storage down")
+        return Verdict()
+
+
+def flaky_state(monkeypatch: pytest.MonkeyPatch) -> tuple[SharedState, FlakyBackend, SteppedClock]:
+    clock = SteppedClock(monkeypatch)
+    shared = SharedState("memory://", {}, "fixed-window", "closed")
+    backend = FlakyBackend()
+    shared._primary = backend  # type: ignore[assignment]
+    return shared, backend, clock
+
+
+def ask(shared: SharedState) -> str:
+    try:
+        shared.admit((), False, None, (), False)
+    except ServiceUnavailable:
+        return "503"
+    return "ok"
+
+
+def test_a_down_storage_is_retried_every_half_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the retry schedule was 1, 2, then every 4 s: up to 4 s of needless 503s after a return
+    shared, backend, clock = flaky_state(monkeypatch)
+    assert ask(shared) == "503" and backend.calls == 1
+    for _ in range(20):  # the same instant: no request probes again
+        assert ask(shared) == "503"
+    assert backend.calls == 1
+    for step in range(2, 12):  # every half second, however long it has been down
+        clock.advance(0.5)
+        assert [ask(shared) for _ in range(5)] == ["503"] * 5
+        assert backend.calls == step
+    backend.down = False
+    clock.advance(0.5)
+    assert ask(shared) == "ok"
+    assert [ask(shared) for _ in range(3)] == ["ok"] * 3  # and every request goes to it again
+
+
+def test_one_request_probes_a_down_storage_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # every request after the retry time probed the storage at once, each waiting its timeout
+    shared, backend, clock = flaky_state(monkeypatch)
+    assert ask(shared) == "503"
+    clock.advance(0.6)
+    backend.entered.clear()
+    backend.release.clear()
+    probe = threading.Thread(target=ask, args=(shared,))
+    probe.start()
+    try:
+        assert backend.entered.wait(10)
+        clock.advance(5)  # however long the probe hangs, the others keep the policy
+        assert [ask(shared) for _ in range(10)] == ["503"] * 10
+        assert backend.calls == 2
+    finally:
+        backend.release.set()
+        probe.join(10)
+
+
+def test_a_returning_storage_is_noticed_within_a_second(
+        make_app: Callable[..., Flask], private_redis: PrivateRedis,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # after a return, closed kept answering 503 for 2-3.5 s: ~1,000 needless refusals at 300 req/s
+    clock = SteppedClock(monkeypatch)
+    app = fault_app(make_app, private_redis.url, "closed")
+    client = Timed(app.test_client())
+    assert client.get("/limited").status_code == 200
+    private_redis.stop()
+    for _ in range(12):  # a long outage: ten seconds of requests
+        assert client.get("/limited").status_code == 503
+        clock.advance(1.0)
+    private_redis.start()
+    clock.advance(1.0)
+    response = client.get("/limited")
+    assert response.status_code == 200, response.data[:200]
+    store = redis.Redis.from_url(private_redis.url, socket_timeout=2)
+    assert counter_keys(store), "served, but not counted in Redis"
