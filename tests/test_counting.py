@@ -54,8 +54,8 @@ def test_counter_matches_limits_strategies(clock: Clock, strategy: str, seed: in
     reference_storage = MemoryStorage()
     reference = STRATEGIES[strategy](reference_storage)
     ours = Counter(LocalStorage(), strategy)
-    # Neither storage sweeps expired entries during the replay: limits' sweeps on a timer
-    # thread 10 ms of real time after a write, ours every 5 s of real time, so under load they
+    # No sweep paced by real time during the replay: limits' runs on a timer thread 10 ms of
+    # real time after a write, ours takes a batch every 5 s of real time, so under load they
     # ran at different steps of the fake clock and an empty moving window read differently
     # (limits reports a stale entry's time until it is swept). Sweeping is tested on its own.
     reference_storage._MemoryStorage__schedule_expiry = lambda: None  # type: ignore[attr-defined]
