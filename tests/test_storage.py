@@ -92,6 +92,40 @@ def limits_keys(client: redis.Redis) -> list[str]:
     return sorted(k.decode() for k in client.keys("*apiguard*"))
 
 
+# -- reset (for tests: flask_apiguard.testing) ----------------------------------------------------
+
+def spend(app: Flask) -> None:
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/limited").status_code == 200
+    assert client.get("/limited").status_code == 429
+
+
+def test_reset_gives_memory_storage_a_fresh_state(tmp_path: Path) -> None:
+    app = limited_app("memory://", str(tmp_path))
+    spend(app)
+    guard_state(app).shared.reset()
+    spend(app)
+
+
+@pytest.mark.redis
+def test_reset_deletes_only_the_keys_under_the_apps_prefix(tmp_path: Path, redis_url: str) -> None:
+    mine = limited_app(redis_url, str(tmp_path / "mine"),
+                       APIGUARD_STORAGE_OPTIONS={"key_prefix": "run-mine"})
+    other = limited_app(redis_url, str(tmp_path / "other"),
+                        APIGUARD_STORAGE_OPTIONS={"key_prefix": "run-other"})
+    spend(mine)
+    spend(other)
+    client = redis.Redis.from_url(redis_url)
+    client.set("unrelated", "1")
+    guard_state(mine).shared.reset()
+    assert client.keys("run-mine:*") == []
+    assert client.keys("run-other:*") and client.get("unrelated") == b"1"
+    spend(mine)
+    assert other.test_client().get("/limited").status_code == 429
+    client.close()
+
+
 # -- redis:// -----------------------------------------------------------------------------------
 
 @pytest.mark.redis
