@@ -1,13 +1,17 @@
-"""The example app's policy, proven: its committed lockfile is current, and a copy of the app
-with a role check removed fails the lockfile check."""
+"""The example app's policy, proven: its committed lockfile is current, every rule of it holds
+by a request (the generated security tests, from the lockfile), and a copy of the app with a
+role check removed fails both the lockfile check and the generated tests."""
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ from flask import Flask
 from example_app import create_app
 from flask_apiguard.cli import current_lock
 from flask_apiguard.lockfile import compare, dumps, loads
+from flask_apiguard.testing import apiguard_security_tests, security_cases
 
 from .conftest import SECRET
 
@@ -43,6 +48,30 @@ def example_config(directory: Path) -> dict[str, Any]:
         "APIGUARD_JWT_SECRET": SECRET,
         "APIGUARD_API_KEY_STORE": "memory://",
     }
+
+
+@contextmanager
+def example_environment() -> Iterator[None]:
+    """create_app reads APIGUARD_*/EXAMPLE_* from the environment: none of it, for a moment."""
+    saved = {k: v for k, v in os.environ.items() if k.startswith(("APIGUARD_", "EXAMPLE_"))}
+    for name in saved:
+        del os.environ[name]
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def collected_example() -> Flask:
+    """The example app the generated tests run against (built once, when pytest collects)."""
+    directory = Path(tempfile.mkdtemp(prefix="apiguard-example-"))
+    atexit.register(shutil.rmtree, directory, True)
+    with example_environment():
+        return create_app(example_config(directory))
+
+
+#: The one line: every rule of the committed lockfile, proven by a request to the example app.
+test_security = apiguard_security_tests(collected_example, baseline=LOCKFILE)
 
 
 def lock_text(app: Flask) -> str:
@@ -87,3 +116,16 @@ def test_the_lockfile_check_catches_the_planted_role_bug(tmp_path: Path,
     assert result.exit_code == 1, result.output
     assert "loosened: POST /api/users (api.create_user_view): no longer requires role admin" \
         in result.stdout
+
+
+def test_the_generated_tests_catch_the_planted_role_bug(tmp_path: Path,
+                                                        broken_example: Callable[..., Flask]) -> None:
+    app = broken_example(example_config(tmp_path))
+    failed = []
+    for case in security_cases(app, baseline=LOCKFILE):
+        try:
+            case.run(app)
+        except AssertionError as exc:
+            failed.append(str(exc).splitlines()[0])
+    assert failed == ["POST /api/users: token without role admin -> 403: expected 403, got 400 "
+                      "validation_error"]

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from marshmallow import fields
 
 from flask_apiguard import (
     ApiGuard,
@@ -21,9 +22,22 @@ from flask_apiguard import (
     require_jwt,
     roles,
     scopes,
+    validate,
 )
+from flask_apiguard.cli import current_lock, route_table
+from flask_apiguard.lockfile import LockfileError, dumps
 from flask_apiguard.state import guard_state
-from flask_apiguard.testing import FrozenClock, GuardClient, create_api_key, mint_token, reset_limits
+from flask_apiguard.testing import (
+    CONVERTER_SAMPLES,
+    FOREIGN_ORIGIN,
+    FrozenClock,
+    GuardClient,
+    create_api_key,
+    mint_token,
+    reset_limits,
+    sample_path,
+    security_cases,
+)
 
 from .conftest import base_config, problem
 
@@ -252,3 +266,193 @@ def test_reset_between_tests_with_one_app_for_the_session(pytester: pytest.Pytes
         source = SESSION_APP.replace("__URI__", repr("memory://")).replace("__OPTIONS__", "{}")
     pytester.makepyfile(test_session=source)
     pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=3)
+
+
+# -- generated security tests -------------------------------------------------------------------
+
+def test_sample_path_uses_converter_types_and_overrides() -> None:
+    assert sample_path("/notes/<int:note_id>") == "/notes/1"
+    assert sample_path("/files/<path:name>/<name2>") == "/files/x/x"
+    assert sample_path("/p/<float:f>/<uuid:u>") == f"/p/1.5/{CONVERTER_SAMPLES['uuid']}"
+    assert sample_path("/lang/<any(en, fr):lang>") == "/lang/en"
+    assert sample_path("/notes/<int:note_id>", {"note_id": 7}) == "/notes/7"
+    assert sample_path("/notes/<int:note_id>", {"api.note": {"note_id": 9}, "note_id": 7},
+                       "api.note") == "/notes/9"
+    assert sample_path("/u/<name>", {"name": "a b/c"}) == "/u/a%20b%2Fc"
+
+
+def policy_app(tmp_path: Path, *, broken: bool = False, **config: Any) -> Flask:
+    """One route per kind of rule; ``broken=True`` drops the role check of ``/admin``."""
+    app = Flask("apiguard_generated", instance_path=str(tmp_path / "instance"))
+    app.config.update(base_config(APIGUARD_RATELIMIT_DEFAULT="100 per 15 minutes", **config))
+
+    def admin(user_id: int, json_data: dict[str, Any]) -> Any:
+        return {"ok": True}
+
+    admin_view = validate({"name": fields.String(required=True)})(require_jwt(admin))
+    app.add_url_rule("/admin/<int:user_id>", "admin", admin_view if broken else roles("admin")(admin_view),
+                     methods=["POST"])
+
+    @app.get("/both/<uuid:item>")
+    @roles("admin", "owner", require="all")
+    def both(item: Any) -> Any:
+        return {}
+
+    @app.get("/reports")
+    @require_api_key(scopes=["reports:read"])
+    def reports() -> Any:
+        return {}
+
+    @app.get("/notes")
+    @require_jwt
+    @scopes("notes:read")
+    @rate_limit("3 per minute")
+    def notes() -> Any:
+        return {}
+
+    @app.post("/login")
+    @public
+    @rate_limit("2 per 15 minutes", key="ip", count="failures")
+    @validate({"user": fields.String()})
+    def login(json_data: dict[str, Any]) -> Any:
+        return {}
+
+    @app.get("/feed")
+    @require_jwt(optional=True)
+    def feed() -> Any:
+        return {}
+
+    ApiGuard(app)
+    return app
+
+
+def test_security_cases_cover_every_rule(tmp_path: Path) -> None:
+    ids = [case.id for case in security_cases(policy_app(tmp_path))]
+    for expected in [
+        "POST /admin/<int:user_id>: no credential -> 401",
+        "POST /admin/<int:user_id>: token without role admin -> 403",
+        "POST /admin/<int:user_id>: text/plain body -> 415",
+        "POST /admin/<int:user_id>: $ key in the JSON body -> 400",
+        "GET /both/<uuid:item>: token without role owner -> 403",
+        "GET /reports: API key without scope reports:read -> 403",
+        "GET /notes: token without scope notes:read -> 403",
+        "GET /notes: over 3 per 1 minute -> 429",
+        "POST /login: over 2 per 15 minute (key=ip, count=failures) -> 429",
+        "POST /login: text/plain body -> 415",
+        f"GET /feed: preflight from {FOREIGN_ORIGIN} -> no CORS grant",
+    ]:
+        assert expected in ids
+    # no 401 case for open routes; no limit case past limit_requests (50 unless told)
+    assert not [i for i in ids if i.startswith(("POST /login: no credential", "GET /feed: no credential"))]
+    assert not [i for i in ids if "100 per 15 minute" in i]
+    more = security_cases(policy_app(tmp_path / "more"), limit_requests=100)
+    assert "GET /reports: over 100 per 15 minute -> 429" in [c.id for c in more]
+
+
+def test_generated_cases_pass_on_a_sound_app(tmp_path: Path) -> None:
+    app = policy_app(tmp_path, APIGUARD_CORS_ORIGINS=["https://app.example.com"])
+    cases = security_cases(app, samples={"user_id": 5})
+    assert len(cases) >= 15
+    for case in cases:
+        case.run(app)
+
+
+def test_no_preflight_case_when_cors_admits_any_origin(tmp_path: Path) -> None:
+    app = policy_app(tmp_path, APIGUARD_CORS_ORIGINS=["re:https://.*"])
+    assert not [c for c in security_cases(app) if c.check == "foreign_preflight"]
+
+
+def failures(app: Flask, **options: Any) -> list[str]:
+    failed = []
+    for case in security_cases(app, **options):
+        try:
+            case.run(app)
+        except AssertionError as exc:
+            failed.append(str(exc))
+    return failed
+
+
+def test_cases_from_a_baseline_catch_a_removed_role(tmp_path: Path) -> None:
+    sound = policy_app(tmp_path / "sound")
+    with sound.app_context():
+        lock = current_lock()
+    broken = policy_app(tmp_path / "broken", broken=True)
+    assert failures(broken) == []  # from its own policy, the broken app proves nothing
+    [failure] = failures(broken, baseline=lock)
+    assert failure.startswith("POST /admin/<int:user_id>: token without role admin -> 403: "
+                              "expected 403, got 400 validation_error")
+
+
+def test_a_baseline_file_is_read(tmp_path: Path) -> None:
+    app = policy_app(tmp_path)
+    path = tmp_path / "apiguard.lock"
+    with app.app_context():
+        path.write_text(dumps(current_lock()), encoding="utf-8")
+    assert [c.id for c in security_cases(app, baseline=path)] == [c.id for c in security_cases(app)]
+    with pytest.raises(LockfileError, match="does not exist"):
+        security_cases(app, baseline=tmp_path / "missing.lock")
+
+
+def test_a_rate_limit_case_fails_when_the_limit_is_not_enforced(tmp_path: Path) -> None:
+    app = policy_app(tmp_path)
+    rows = [{**row, "rate_limits": ["2 per 1 minute"]} for row in route_table_of(app)
+            if row["rule"] == "/notes"]
+    [limit_case] = [c for c in security_cases(app, baseline=rows) if c.check == "rate_limit"]
+    expected = r"GET /notes: over 2 per 1 minute -> 429: expected 429, got 415"
+    with pytest.raises(AssertionError, match=expected):
+        limit_case.run(app)
+
+
+def route_table_of(app: Flask) -> list[dict[str, Any]]:
+    with app.app_context():
+        return route_table()
+
+
+GENERATED = '''
+from flask import Flask
+from flask_apiguard import ApiGuard, public, roles
+
+def create_app():
+    app = Flask("generated")
+    app.config.update(APIGUARD_JWT_SECRET="kT3vQ9xLm2Zr7Wb1Hc5Jp8Nd4Fs6Gy0Aq3Ue9Ri2Ol7Mk1Vx",
+                      APIGUARD_API_KEY_STORE="memory://")
+
+    @app.get("/health")
+    @public
+    def health():
+        return {}
+
+    @app.delete("/users/<int:user_id>")
+    @roles("admin")
+    def delete_user(user_id):
+        return "", 204
+
+    ApiGuard(app)
+    return app
+'''
+
+
+def test_one_line_gives_a_parametrised_test_per_rule(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(myapp=GENERATED, test_security="""
+from flask_apiguard.testing import apiguard_security_tests
+from myapp import create_app
+
+test_security = apiguard_security_tests(create_app)
+""")
+    result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines([
+        "*test_security*DELETE /users/<int:user_id>: no credential -> 401* PASSED*",
+        "*test_security*DELETE /users/<int:user_id>: token without role admin -> 403* PASSED*",
+    ])
+
+
+def test_a_rate_limit_case_gives_the_clock_back(tmp_path: Path) -> None:
+    import limits.storage.memory
+
+    from flask_apiguard import storage
+
+    app = policy_app(tmp_path)
+    [limit_case] = [c for c in security_cases(app) if c.check == "rate_limit" and c.rule == "/notes"]
+    limit_case.run(app)
+    assert storage.time is time and limits.storage.memory.time is time
