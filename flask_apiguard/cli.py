@@ -1,11 +1,13 @@
-"""``flask apiguard``: ``routes``, ``openapi``, ``check``, ``keys`` and ``token``."""
+"""``flask apiguard``: ``routes`` (and its lockfile check), ``openapi``, ``check``, ``keys`` and
+``token``."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
@@ -14,6 +16,7 @@ from flask.cli import AppGroup
 
 from .audit import as_json, findings
 from .errors import ServiceUnavailable
+from .lockfile import Change, Lock, LockfileError, compare, dumps, loads
 from .policy import Route
 from .state import guard_state
 
@@ -21,6 +24,15 @@ apiguard_cli = AppGroup("apiguard", help="Audit and manage flask-apiguard.")
 #: OPTIONS never reaches a view (the guard answers it); HEAD is shown only where its policy
 #: differs from GET's (a MethodView may declare a ``head`` method of its own).
 _HIDDEN_METHODS = frozenset({"OPTIONS"})
+
+
+def _key_name(key: str | Callable[[], str]) -> str:
+    """A limit's ``key=`` as the rows show it: its kind, or a callable's qualified name (never
+    its ``repr``, whose memory address would change the rows on every run)."""
+    if isinstance(key, str):
+        return key
+    name = getattr(key, "__qualname__", None) or getattr(key, "__name__", None)
+    return str(name) if name else type(key).__qualname__
 
 
 def _describe(route: Route) -> dict[str, Any]:
@@ -31,7 +43,7 @@ def _describe(route: Route) -> dict[str, Any]:
     limits = []
     for limit in route.limits:
         notes = []
-        key = limit.key if isinstance(limit.key, str) else getattr(limit.key, "__name__", "callable")
+        key = _key_name(limit.key)
         if key != "auto":
             notes.append(f"key={key}")
         if limit.failures_only:
@@ -47,8 +59,11 @@ def _describe(route: Route) -> dict[str, Any]:
         "required": route.required,
         "auth": auth,
         "roles": roles,
-        "role_rules": [{"roles": sorted(n), "require": r} for n, r in route.role_rules],
+        "role_rules": sorted(({"roles": sorted(n), "require": r} for n, r in route.role_rules),
+                             key=lambda rule: (rule["roles"], rule["require"])),
         "scopes": scopes,
+        "scope_rules": sorted(sorted(names) for names in route.scope_rules),
+        "api_key_scopes": sorted(route.api_key_scopes),
         "rate_limits": limits,
         "validate": [spec.location for spec in route.validations],
         "deprecated": route.deprecation is not None,
@@ -95,6 +110,14 @@ def route_table() -> list[dict[str, Any]]:
     return rows
 
 
+def current_lock() -> Lock:
+    """The current app's :class:`~flask_apiguard.lockfile.Lock`: :func:`route_table` and the
+    app-wide CORS settings."""
+    config = guard_state(current_app).config
+    return Lock(route_table(), {"origins": list(config.cors_origins),
+                                "credentials": config.cors_credentials})
+
+
 def _access(row: dict[str, Any]) -> str:
     if row["public"]:
         return "public"
@@ -118,14 +141,94 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(s.rstrip() for s in out)
 
 
+class BaselineError(click.ClickException):
+    """A baseline file that is missing or cannot be read: exit 2, like a usage error."""
+
+    exit_code = 2
+
+
+def _read_baseline(path: Path) -> Lock:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BaselineError(
+            f"{path} does not exist. Create it from the current policy with "
+            f"`flask apiguard routes --baseline {path} --update`, review it and commit it."
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BaselineError(f"{path} cannot be read ({type(exc).__name__}); check the path "
+                            "and its permissions.") from None
+    try:
+        return loads(text, str(path))
+    except LockfileError as exc:
+        raise BaselineError(str(exc)) from None
+
+
+def _write_baseline(path: Path, lock: Lock) -> None:
+    try:
+        with path.open("w", encoding="utf-8", newline="\n") as handle:
+            handle.write(dumps(lock))
+    except OSError as exc:
+        raise BaselineError(f"{path} cannot be written ({type(exc).__name__}); check the "
+                            "directory and its permissions.") from None
+
+
+def _report(changes: Sequence[Change], as_json_output: bool, path: Path, update: bool) -> None:
+    if as_json_output:
+        click.echo(json.dumps([c.to_dict() for c in changes], indent=2))
+        return
+    for change in changes:
+        click.echo(str(change))
+    loose = sum(c.loosens for c in changes)
+    if update:
+        click.echo(f"Wrote {path} ({len(changes)} change(s) since the previous baseline).")
+    elif not changes:
+        click.echo(f"No changes since {path}.")
+    elif loose:
+        click.echo(f"{loose} loosening change(s) since {path}. If they are intended, review "
+                   f"them and accept them with `flask apiguard routes --baseline {path} "
+                   "--update`.")
+    else:
+        click.echo(f"{len(changes)} change(s) since {path}, none loosening.")
+
+
 @apiguard_cli.command("routes")
 @click.option("--json", "as_json_output", is_flag=True, help="Print JSON for machines.")
 @click.option("--fail-on-unprotected", is_flag=True,
               help="Exit 1 when a route is reachable without authentication and not declared open.")
-def routes_command(as_json_output: bool, fail_on_unprotected: bool) -> None:
-    """Every route with its methods and security policy."""
-    rows = route_table()
-    if as_json_output:
+@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Compare with this lockfile (apiguard.lock) instead of listing the routes.")
+@click.option("--fail-on-loosen", is_flag=True,
+              help="With --baseline: exit 1 when a change loosens the policy.")
+@click.option("--update", is_flag=True,
+              help="With --baseline: write the current policy to the lockfile.")
+def routes_command(as_json_output: bool, fail_on_unprotected: bool, baseline: Path | None,
+                   fail_on_loosen: bool, update: bool) -> None:
+    """Every route with its methods and security policy.
+
+    With --baseline FILE, the changes since that lockfile instead: loosening ones (a route
+    became public or optional, lost a role or scope, had a limit raised or removed, a CORS
+    origin was added, a new route is undeclared), tightening ones, added and removed routes.
+    """
+    if baseline is None and (fail_on_loosen or update):
+        raise click.UsageError("--fail-on-loosen and --update need --baseline FILE.")
+    lock = current_lock()
+    rows = lock.routes
+    changes: list[Change] = []
+    if baseline is not None:
+        try:
+            previous = _read_baseline(baseline)
+        except BaselineError as exc:
+            if not update:
+                raise
+            if baseline.exists():
+                click.echo(f"Replacing an unreadable baseline: {exc.message}", err=True)
+            previous = Lock([], lock.cors)
+        changes = compare(previous, lock)
+        if update:
+            _write_baseline(baseline, lock)
+        _report(changes, as_json_output, baseline, update)
+    elif as_json_output:
         click.echo(json.dumps(rows, indent=2))
     else:
         click.echo(_table(
@@ -141,6 +244,8 @@ def routes_command(as_json_output: bool, fail_on_unprotected: bool) -> None:
                 "reachable without authentication; add @require_jwt/@require_api_key, or declare "
                 "it open with @public.", err=True,
             )
+        sys.exit(1)
+    if fail_on_loosen and not update and any(c.loosens for c in changes):
         sys.exit(1)
 
 

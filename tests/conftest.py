@@ -21,6 +21,9 @@ from flask.testing import FlaskClient
 
 from flask_apiguard import ApiGuard, public
 
+#: flask-apiguard's own pytest plugin (pyproject.toml's addopts explain why not by entry point).
+pytest_plugins = ["flask_apiguard.testing"]
+
 #: A 48-byte HMAC secret with plenty of distinct characters (the audit flags weak ones).
 SECRET = "kT3vQ9xLm2Zr7Wb1Hc5Jp8Nd4Fs6Gy0Aq3Ue9Ri2Ol7Mk1Vx"
 IN_CI = os.environ.get("CI", "").lower() == "true"

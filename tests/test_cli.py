@@ -669,3 +669,203 @@ def test_token_without_a_signing_key_fails_cleanly(tmp_path: Any) -> None:
     result = run(app, "token", "alice")
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert result.stdout == "" and "APIGUARD_JWT_PRIVATE_KEY" in result.stderr
+
+
+# -- routes --baseline: the policy lockfile ------------------------------------------------------
+
+def client_tier() -> str:
+    return "gold"
+
+
+def lock_app(tmp_path: Any, *, admin: bool = True, limit: str = "5 per minute",
+             extra: str | None = None, **config: Any) -> Flask:
+    """A small app whose policy each test changes: ``admin=False`` drops a role, ``limit``
+    changes a rate limit, ``extra`` adds a route (``"public"`` or ``"undeclared"``)."""
+    app = bare_app(tmp_path, **config)
+
+    @app.post("/api/users")
+    @require_jwt
+    @rate_limit(limit, key=client_tier)
+    def create_user() -> Any:
+        return {}
+
+    if admin:
+        app.view_functions["create_user"] = roles("admin")(create_user)
+
+    @app.get("/api/notes")
+    @scopes("notes:read")
+    def notes() -> Any:
+        return {"notes": []}
+
+    if extra == "public":
+        app.add_url_rule("/api/status", "status", public(lambda: {}))
+    elif extra == "undeclared":
+        app.add_url_rule("/api/debug", "debug", lambda: {})
+    ApiGuard(app)
+    return app
+
+
+def baseline_of(app: Flask, path: Any) -> str:
+    result = run(app, "routes", "--baseline", str(path), "--update")
+    assert result.exit_code == 0, result.output
+    text: str = path.read_text(encoding="utf-8")
+    return text
+
+
+def test_routes_json_rows_split_token_and_api_key_scopes(tmp_path: Any) -> None:
+    rows = rows_of(policy_app(tmp_path))
+    reports, notes = row(rows, "/api/reports"), row(rows, "/api/notes")
+    assert (reports["scope_rules"], reports["api_key_scopes"]) == ([], ["reports:read"])
+    assert (notes["scope_rules"], notes["api_key_scopes"]) == ([["notes:read"]], [])
+
+
+def test_routes_json_is_stable_and_names_callable_keys(tmp_path: Any) -> None:
+    # a callable key used to show as its repr, with a memory address that changed every run
+    first = run(lock_app(tmp_path / "a"), "routes", "--json").stdout
+    second = run(lock_app(tmp_path / "b"), "routes", "--json").stdout
+    assert first == second
+    assert "0x" not in first
+    assert row(json.loads(first), "/api/users", "POST")["rate_limits"] == \
+        ["5 per 1 minute (key=client_tier)"]
+
+
+def test_update_writes_the_lockfile(tmp_path: Any) -> None:
+    from flask_apiguard.lockfile import loads
+
+    path = tmp_path / "apiguard.lock"
+    text = baseline_of(lock_app(tmp_path), path)
+    assert text.endswith("}\n")
+    lock = loads(text)
+    assert [r["rule"] for r in lock.routes] == ["/api/notes", "/api/users", "/static/<path:filename>"]
+    assert lock.cors == {"origins": [], "credentials": False}
+    # the same policy writes the same bytes
+    assert baseline_of(lock_app(tmp_path), path) == text
+
+
+def test_an_unchanged_policy_passes_the_baseline(tmp_path: Any) -> None:
+    path = tmp_path / "apiguard.lock"
+    baseline_of(lock_app(tmp_path), path)
+    result = run(lock_app(tmp_path), "routes", "--baseline", str(path), "--fail-on-loosen")
+    assert result.exit_code == 0, result.output
+    assert f"No changes since {path}." in result.stdout
+
+
+def test_fail_on_loosen_names_a_lost_role(tmp_path: Any) -> None:
+    path = tmp_path / "apiguard.lock"
+    baseline_of(lock_app(tmp_path), path)
+    result = run(lock_app(tmp_path, admin=False), "routes", "--baseline", str(path), "--fail-on-loosen")
+    assert result.exit_code == 1, result.output
+    assert "loosened: POST /api/users (create_user): no longer requires role admin" in result.stdout
+    assert "--update" in result.stdout
+
+
+def test_fail_on_loosen_names_a_raised_limit(tmp_path: Any) -> None:
+    path = tmp_path / "apiguard.lock"
+    baseline_of(lock_app(tmp_path), path)
+    result = run(lock_app(tmp_path, limit="50 per minute"), "routes", "--baseline", str(path),
+                 "--fail-on-loosen")
+    assert result.exit_code == 1, result.output
+    assert "rate limit raised: 5 per 1 minute (key=client_tier) -> 50 per 1 minute" in result.stdout
+
+
+def test_fail_on_loosen_names_a_new_undeclared_route(tmp_path: Any) -> None:
+    path = tmp_path / "apiguard.lock"
+    baseline_of(lock_app(tmp_path, APIGUARD_DEFAULT_DENY=False), path)
+    result = run(lock_app(tmp_path, extra="undeclared", APIGUARD_DEFAULT_DENY=False),
+                 "routes", "--baseline", str(path), "--fail-on-loosen")
+    assert result.exit_code == 1, result.output
+    assert "loosened: GET /api/debug (debug): new route, reachable without authentication" in result.stdout
+
+
+def test_fail_on_loosen_names_a_new_cors_origin(tmp_path: Any) -> None:
+    path = tmp_path / "apiguard.lock"
+    baseline_of(lock_app(tmp_path), path)
+    result = run(lock_app(tmp_path, APIGUARD_CORS_ORIGINS=["https://app.example.com"]),
+                 "routes", "--baseline", str(path), "--fail-on-loosen")
+    assert result.exit_code == 1, result.output
+    assert "loosened: (app-wide): CORS origin added: https://app.example.com" in result.stdout
+
+
+def test_tightening_and_added_routes_pass_and_are_listed(tmp_path: Any) -> None:
+    path = tmp_path / "apiguard.lock"
+    baseline_of(lock_app(tmp_path, admin=False, limit="50 per minute"), path)
+    result = run(lock_app(tmp_path, extra="public"), "routes", "--baseline", str(path),
+                 "--fail-on-loosen")
+    assert result.exit_code == 0, result.output
+    assert "tightened: POST /api/users (create_user): now requires any of admin" in result.stdout
+    assert "tightened: POST /api/users (create_user): rate limit lowered" in result.stdout
+    assert "added: GET /api/status (status): new route (public)" in result.stdout
+    assert "none loosening" in result.stdout
+
+
+def test_a_removed_route_is_listed_and_passes(tmp_path: Any) -> None:
+    path = tmp_path / "apiguard.lock"
+    baseline_of(lock_app(tmp_path, extra="public"), path)
+    result = run(lock_app(tmp_path), "routes", "--baseline", str(path), "--fail-on-loosen")
+    assert result.exit_code == 0, result.output
+    assert "removed: GET /api/status (status): route removed" in result.stdout
+
+
+def test_without_fail_on_loosen_a_loosening_change_is_reported_only(tmp_path: Any) -> None:
+    path = tmp_path / "apiguard.lock"
+    baseline_of(lock_app(tmp_path), path)
+    result = run(lock_app(tmp_path, admin=False), "routes", "--baseline", str(path))
+    assert result.exit_code == 0, result.output
+    assert "no longer requires role admin" in result.stdout
+
+
+def test_baseline_json_lists_the_changes(tmp_path: Any) -> None:
+    path = tmp_path / "apiguard.lock"
+    baseline_of(lock_app(tmp_path), path)
+    result = run(lock_app(tmp_path, admin=False), "routes", "--baseline", str(path), "--json",
+                 "--fail-on-loosen")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == [{
+        "kind": "loosened", "rule": "/api/users", "methods": ["POST"], "endpoint": "create_user",
+        "what": "no longer requires role admin", "loosens": True,
+    }]
+
+
+def test_update_accepts_a_loosening_change(tmp_path: Any) -> None:
+    path = tmp_path / "apiguard.lock"
+    baseline_of(lock_app(tmp_path), path)
+    loose = lock_app(tmp_path, admin=False)
+    result = run(loose, "routes", "--baseline", str(path), "--fail-on-loosen", "--update")
+    assert result.exit_code == 0, result.output
+    assert "no longer requires role admin" in result.stdout and f"Wrote {path}" in result.stdout
+    assert run(loose, "routes", "--baseline", str(path), "--fail-on-loosen").exit_code == 0
+
+
+def test_a_missing_baseline_is_exit_2_with_a_sentence(tmp_path: Any) -> None:
+    path = tmp_path / "apiguard.lock"
+    result = run(lock_app(tmp_path), "routes", "--baseline", str(path), "--fail-on-loosen")
+    assert result.exit_code == 2
+    assert f"{path} does not exist. Create it from the current policy with" in result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("content", ["", "{oops", '{"version": 7, "routes": []}', "[1, 2]"])
+def test_a_corrupt_baseline_is_exit_2_with_a_sentence(tmp_path: Any, content: str) -> None:
+    path = tmp_path / "apiguard.lock"
+    path.write_text(content, encoding="utf-8")
+    result = run(lock_app(tmp_path), "routes", "--baseline", str(path), "--fail-on-loosen")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"Error: {path} ")
+    assert "--update" in result.output and "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def test_update_replaces_a_corrupt_baseline(tmp_path: Any) -> None:
+    path = tmp_path / "apiguard.lock"
+    path.write_text("{oops", encoding="utf-8")
+    result = run(lock_app(tmp_path), "routes", "--baseline", str(path), "--update")
+    assert result.exit_code == 0, result.output
+    assert "Replacing an unreadable baseline" in result.stderr
+    assert json.loads(path.read_text(encoding="utf-8"))["version"] == 1
+
+
+@pytest.mark.parametrize("flag", ["--fail-on-loosen", "--update"])
+def test_baseline_flags_without_a_baseline_are_a_usage_error(tmp_path: Any, flag: str) -> None:
+    result = run(lock_app(tmp_path), "routes", flag)
+    assert result.exit_code == 2
+    assert "need --baseline FILE" in result.output

@@ -95,6 +95,42 @@ def assert_one_budget(first: Flask, second: Flask) -> None:
         assert problem(refused)["error"] == "rate_limit_exceeded"
 
 
+# -- reset (for tests: flask_apiguard.testing) ----------------------------------------------------
+
+def spend(app: Flask) -> None:
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/limited").status_code == 200
+    assert client.get("/limited").status_code == 429
+
+
+def test_reset_gives_memory_storage_a_fresh_state(tmp_path: Path) -> None:
+    app = limited_app("memory://", str(tmp_path))
+    spend(app)
+    guard_state(app).shared.reset()
+    spend(app)
+
+
+@pytest.mark.redis
+def test_reset_deletes_only_the_keys_under_the_apps_prefix(
+        tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
+    mine = limited_app(redis_url, str(tmp_path / "mine"),
+                       APIGUARD_STORAGE_OPTIONS={"key_prefix": f"{redis_prefix}-mine"})
+    other = limited_app(redis_url, str(tmp_path / "other"),
+                        APIGUARD_STORAGE_OPTIONS={"key_prefix": f"{redis_prefix}-other"})
+    spend(mine)
+    spend(other)
+    client = redis.Redis.from_url(redis_url)
+    unrelated = f"{redis_prefix}-unrelated"
+    client.set(unrelated, "1", ex=60)
+    guard_state(mine).shared.reset()
+    assert client.keys(f"{redis_prefix}-mine:*") == []
+    assert client.keys(f"{redis_prefix}-other:*") and client.get(unrelated) == b"1"
+    spend(mine)
+    assert other.test_client().get("/limited").status_code == 429
+    client.close()
+
+
 # -- redis:// -----------------------------------------------------------------------------------
 
 @pytest.mark.redis

@@ -206,6 +206,19 @@ class SharedState:
                 return self.fallback.hit(probes, want_window)
             return []
 
+    def reset(self) -> None:
+        """Forget every counter, for tests (``flask_apiguard.testing``): the memory storage
+        starts afresh (counters, revoked tokens, places held); on Redis, the keys under the
+        storage's ``key_prefix`` (limits' ``LIMITS`` unless ``APIGUARD_STORAGE_OPTIONS`` sets
+        one, and then the guard's own keys too) are deleted, and nothing else. The per-process
+        fallback starts afresh too."""
+        self.fallback = Backend(LocalStorage(self.memory_max_keys), self.strategy, None)
+        if self.is_memory:
+            self._primary = Backend(LocalStorage(self.memory_max_keys), self.strategy,
+                                    MemoryRevocations())
+            return
+        self.primary.storage.reset()
+
     def revoke(self, jti: str, ttl: int) -> None:
         try:
             self.primary.revoke(jti, ttl)
