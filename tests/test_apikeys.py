@@ -23,6 +23,7 @@ import pytest
 from flask import Flask
 
 from flask_apiguard import ApiGuard, ApiGuardConfigError, ApiKey, current_identity, require_api_key
+from flask_apiguard.apikeys import MemoryKeyStore
 
 from .conftest import HttpsClient, PrivateRedis, base_config, bearer, problem, token_for
 
@@ -156,6 +157,15 @@ def test_create_refuses_bad_arguments(make_app: Any) -> None:
         create(app, "")
 
 
+@pytest.mark.parametrize("name", ["evil\x1b]0;pwned\x07", "rtl\u202emoc.evil", "a\nb"])
+def test_key_names_must_be_printable(name: str) -> None:
+    # Control and bidi characters in a key's name or owner went as they were to terminals and logs.
+    with pytest.raises(ValueError, match="printable"):
+        MemoryKeyStore("agk").create(name)
+    with pytest.raises(ValueError, match="printable"):
+        MemoryKeyStore("agk").create("ok", owner=name)
+
+
 # -- verify, get, list, revoke ------------------------------------------------------------------
 
 def test_verify_get_list_and_revoke(make_app: Any) -> None:
@@ -191,6 +201,18 @@ def test_verify_refuses_wrong_secrets_and_garbage(make_app: Any) -> None:
                       f"agk_{key.key_id}", secret, "", "agk__", plaintext + " ", " " + plaintext):
         assert keys.verify(candidate) is None, candidate
     assert keys.verify(plaintext) is not None
+
+
+def test_a_wrong_secret_never_reads_the_key_record() -> None:
+    # verify() read the key's record before comparing digests: a wrong secret cost a store read.
+    keys = MemoryKeyStore("agk")
+    plaintext, key = keys.create("k")
+    read: list[str] = []
+    original = keys._fetch
+    keys._fetch = lambda key_id: read.append(key_id) or original(key_id)  # type: ignore[method-assign]
+    assert keys.verify(plaintext[:-1] + ("0" if plaintext[-1] != "0" else "1")) is None
+    assert read == []
+    assert keys.verify(plaintext) == key and read == [key.key_id]
 
 
 # -- expiry -------------------------------------------------------------------------------------
@@ -410,6 +432,26 @@ def test_sqlite_store_shared_with_other_processes(make_app: Any, tmp_path: Path)
                    for _ in range(2)]
         results = [p.get(timeout=120) for p in pending]
     assert results == [expected, expected]
+
+
+def create_in_child(path: str) -> str:
+    """Run in a spawned process: open the SQLite key store at ``path`` and create a key."""
+    from flask_apiguard.apikeys import SqliteKeyStore
+
+    try:
+        SqliteKeyStore("agk", path).create("k")
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "ok"
+
+
+def test_sqlite_store_survives_workers_starting_together(tmp_path: Any) -> None:
+    # Workers setting up a new SQLite key store together lost the race on its lock.
+    path = str(tmp_path / "keys.sqlite3")
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(6) as pool:
+        outcomes = pool.map(create_in_child, [path] * 6)
+    assert outcomes == ["ok"] * 6
 
 
 # Without a key_prefix the redis:// key store writes fixed key names (apiguard:apikey:<id>,

@@ -10,6 +10,7 @@ from typing import Any
 import jwt
 import pytest
 from flask import Flask
+from flask.views import MethodView
 
 from flask_apiguard import (
     ApiGuard,
@@ -230,6 +231,27 @@ def test_require_jwt_and_require_api_key_accept_either(app: Flask, path: str) ->
     unauthorized(get(app, path))
 
 
+def test_api_key_scopes_bind_keys_not_tokens(make_app: Any) -> None:
+    # @require_api_key(scopes=...) beside @require_jwt held tokens to the keys' scopes too.
+    app = make_app(init=False)
+
+    @app.get("/reports")
+    @require_jwt
+    @require_api_key(scopes=["reports:read"])
+    def reports() -> Any:
+        return {"ok": True}
+
+    ApiGuard(app)
+    client = app.test_client()
+    assert client.get("/reports", headers=bearer(token_for(app))).status_code == 200
+    with app.app_context():
+        store = app.extensions["apiguard"].api_keys
+        scoped, _ = store.create("scoped", scopes=["reports:read"])
+        bare, _ = store.create("bare")
+    assert client.get("/reports", headers={"X-API-Key": scoped}).status_code == 200
+    assert client.get("/reports", headers={"X-API-Key": bare}).status_code == 403
+
+
 # -- decorator order ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", ["/jwt-admin", "/admin-jwt"])
@@ -288,6 +310,42 @@ def test_optional_jwt_with_roles_raises_at_decoration_time() -> None:
         @scopes("read")
         @require_jwt(optional=True)
         def three() -> None: ...
+
+
+def test_optional_at_one_level_never_opens_roles_or_scopes_at_another(make_app: Any) -> None:
+    # optional=True at one level (class or method) let anonymous callers past @roles at another.
+    app = make_app(init=False)
+
+    @require_jwt(optional=True)
+    class Reports(MethodView):
+        def get(self) -> Any:
+            return {"public": True}
+
+        @roles("admin")
+        def delete(self) -> Any:
+            return {"deleted": "everything"}
+
+        @scopes("reports:write")
+        def post(self) -> Any:
+            return {"created": True}
+
+    @roles("editor")
+    class Articles(MethodView):
+        @require_jwt(optional=True)
+        def get(self) -> Any:
+            return {"drafts": "unpublished"}
+
+    app.add_url_rule("/reports", view_func=Reports.as_view("reports"))
+    app.add_url_rule("/articles", view_func=Articles.as_view("articles"))
+    ApiGuard(app)
+    client = app.test_client()
+    assert client.get("/reports").status_code == 200  # optional really is optional here
+    assert client.delete("/reports").status_code == 401
+    assert client.post("/reports").status_code == 401
+    assert client.get("/articles").status_code == 401
+    assert client.get("/articles", headers=bearer(token_for(app))).status_code == 403
+    editor = token_for(app, "ed", roles=["editor"])
+    assert client.get("/articles", headers=bearer(editor)).status_code == 200
 
 
 # -- @public ignores credentials ----------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Response
 
 from flask_apiguard import ApiGuard, public, require_jwt, signals, validate
+from flask_apiguard.layers.body import depth_exceeds
 
 from .conftest import bearer, problem, token_for
 
@@ -191,6 +193,35 @@ def test_chunked_upload_to_a_protected_view_over_the_limit(
     assert guarded.calls == []
 
 
+def unannounced_body(body: bytes) -> dict[str, Any]:
+    """A request body as an HTTP/2 server hands it over without content-length."""
+    return {"wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True,
+            "CONTENT_TYPE": "application/json"}
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    (b'{"x": "' + b"a" * 50_000 + b'"}', "payload_too_large"),
+    (b'{"a": {"$where": "1"}}', "invalid_body"),
+    (b"[" * 40 + b"]" * 40, "invalid_body"),
+    (b'{"a": ', "malformed_json"),
+])
+def test_a_body_without_content_length_is_checked_like_any_other(app: Any, body: bytes,
+                                                                  error: str) -> None:
+    # A body with no Content-Length on a terminated stream (HTTP/2) skipped every body check.
+    # the test client always sets CONTENT_LENGTH; take it away, as an HTTP/2 request may
+    response = app.test_client().open("/echo", method="POST", headers=bearer(token_for(app)),
+                           environ_overrides={**unannounced_body(body), "CONTENT_LENGTH": ""})
+    assert problem(response)["error"] == error
+
+
+def test_an_unannounced_body_to_a_public_view_is_size_checked_before_use(app: Any) -> None:
+    # The same unannounced body reached a public view unread and unbounded.
+    response = app.test_client().open(
+        "/health", method="GET",
+        environ_overrides={**unannounced_body(b"x" * 20_000), "CONTENT_LENGTH": ""})
+    assert problem(response)["error"] == "payload_too_large"
+
+
 def test_flask_max_content_length_smaller_than_ours_wins(make_app: Callable[..., Flask]) -> None:
     app = build(make_app, MAX_CONTENT_LENGTH=64).app
     client = app.test_client()
@@ -360,6 +391,13 @@ def test_valid_surrogate_pair_escape_is_fine(guarded: Guarded) -> None:
     assert response.get_json()["json"] == {"a": "\U0001f600"}
 
 
+def test_numbers_beyond_float_range_are_malformed(app: Any, client: Any) -> None:
+    # 1e999 was parsed as Infinity, a value JSON cannot carry.
+    response = client.post("/echo", data='{"a": 1e999}', content_type="application/json",
+                           headers=bearer(token_for(app)))
+    assert problem(response)["error"] == "malformed_json"
+
+
 def test_malformed_json_on_a_validated_view_is_not_a_validation_error(
     guarded: Guarded,
 ) -> None:
@@ -445,6 +483,23 @@ def test_brackets_in_keys_do_not_count(guarded: Guarded) -> None:
     app = guarded.app
     body = json.dumps({"[" * 100: ["{" * 100]})
     assert post_json_bytes(app.test_client(), "/open", body).status_code == 200
+
+
+def test_the_depth_scan_is_linear_on_hostile_strings() -> None:
+    """A hang guard, not a benchmark: quadratic work on 2 MB would take hours."""
+    # The depth scan's string regex backtracked on unterminated strings: quadratic time.
+    done = threading.Event()
+    results: list[bool] = []
+
+    def scan() -> None:
+        for body in (b'"\\' * 1_000_000 + b"[" * 40, b'"' * 2_000_000 + b"[" * 40,
+                     b"[" * 40 + b'"\\"' * 700_000):
+            results.append(depth_exceeds(body, 32))
+        done.set()
+
+    threading.Thread(target=scan, daemon=True).start()
+    assert done.wait(20), "the depth scan did not finish: quadratic?"
+    assert results == [False, True, True]
 
 
 # -- 400 invalid_body: operator keys ----------------------------------------------------------

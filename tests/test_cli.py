@@ -252,6 +252,29 @@ def test_routes_methods_with_one_policy_share_a_row(tmp_path: Any) -> None:
     assert row(rows_of(app), "/api/things")["methods"] == ["DELETE", "GET", "POST"]
 
 
+def test_routes_list_a_head_with_its_own_policy(make_app: Any) -> None:
+    # routes folded HEAD into GET's row even when HEAD had a policy of its own.
+    from flask_apiguard.cli import route_table
+
+    app = make_app(init=False, APIGUARD_DEFAULT_DENY=False)
+
+    @require_jwt
+    class Report(MethodView):
+        def get(self) -> Any:
+            return {}
+
+        @public
+        def head(self) -> Any:
+            return ""
+
+    app.add_url_rule("/report", view_func=Report.as_view("report"))
+    ApiGuard(app)
+    with app.app_context():
+        rows = [r for r in route_table() if r["endpoint"] == "report"]
+    assert sorted(m for r in rows for m in r["methods"]) == ["GET", "HEAD"]
+    assert {tuple(r["methods"]): r["public"] for r in rows} == {("GET",): False, ("HEAD",): True}
+
+
 def test_fail_on_unprotected_passes_under_default_deny(tmp_path: Any) -> None:
     app = policy_app(tmp_path)
     result = run(app, "routes", "--fail-on-unprotected")

@@ -136,6 +136,19 @@ def test_revocation_and_max_age_add_required_claims() -> None:
     assert "iat" in config.jwt_required_claims
 
 
+@pytest.mark.parametrize("claims", [[], "", ["sub"]])
+def test_required_claims_without_exp_are_refused(claims: object) -> None:
+    # APIGUARD_JWT_REQUIRED_CLAIMS without 'exp' (and no MAX_AGE) let tokens live forever.
+    with pytest.raises(ApiGuardConfigError, match=r"APIGUARD_JWT_REQUIRED_CLAIMS.*'exp'"):
+        load_config({"APIGUARD_JWT_REQUIRED_CLAIMS": claims})
+
+
+def test_max_age_may_stand_in_for_exp() -> None:
+    # The 'exp' check must still let MAX_AGE (which needs 'iat') bound a token's life instead.
+    config = load_config({"APIGUARD_JWT_REQUIRED_CLAIMS": ["sub"], "APIGUARD_JWT_MAX_AGE": 600})
+    assert "iat" in config.jwt_required_claims and "exp" not in config.jwt_required_claims
+
+
 def test_secret_must_fit_the_strongest_hmac(make_app: Any) -> None:
     with pytest.raises(ApiGuardConfigError, match="at least 64"):
         make_app(APIGUARD_JWT_ALGORITHMS=["HS512"], APIGUARD_JWT_SECRET=SECRET)

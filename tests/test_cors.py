@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from flask_apiguard import ApiGuardConfigError
+
 ORIGIN = "https://app.example.com"
 
 
@@ -59,6 +61,22 @@ def test_patterns_match_the_whole_origin(cors_app: Any) -> None:
                 "http://shop.partner.test", "https://a.b.partner.test"):
         response = client.get("/health", headers={"Origin": bad})
         assert "Access-Control-Allow-Origin" not in response.headers, bad
+
+
+def test_brackets_in_an_exact_origin_match_only_themselves(make_app: Any) -> None:
+    # An exact origin with '[' or '*' reached flask-cors as an unanchored regex (a prefix match).
+    app = make_app(APIGUARD_CORS_ORIGINS=["http://[::1]:3000"], APIGUARD_CORS_CREDENTIALS=True)
+    client = app.test_client()
+    ok = client.get("/health", headers={"Origin": "http://[::1]:3000"})
+    assert ok.headers["Access-Control-Allow-Origin"] == "http://[::1]:3000"
+    bad = client.get("/health", headers={"Origin": "http://1:3000.attacker.net"})
+    assert "Access-Control-Allow-Origin" not in bad.headers
+
+
+def test_a_wildcard_in_an_exact_origin_is_refused_at_start_up(make_app: Any) -> None:
+    # A '*' in an exact origin silently became a regex instead of failing at start-up.
+    with pytest.raises(ApiGuardConfigError, match="wildcard needs a pattern"):
+        make_app(APIGUARD_CORS_ORIGINS=["https://*.example.com"])
 
 
 def test_preflight_is_answered_before_auth_and_not_counted(cors_app: Any) -> None:

@@ -479,6 +479,18 @@ def test_read_only_key_cannot_write_notes(client: FlaskClient) -> None:
     assert client.get("/api/notes", headers=api_key(key)).status_code == 200
 
 
+def test_a_key_without_an_owner_cannot_write_notes(tmp_path: Path) -> None:
+    # A key made with the CLI and no --owner could create notes that no user account owns.
+    app = build(example_config(tmp_path, APIGUARD_API_KEY_STORE="memory://"))
+    with app.app_context():
+        plaintext, _ = app.extensions["apiguard"].api_keys.create(
+            "ownerless", scopes=["notes:read", "notes:write"])
+    response = app.test_client().post("/api/notes", json={"title": "t"},
+                                      headers={"X-API-Key": plaintext})
+    assert response.status_code == 403
+    assert response.get_json()["error"] == "forbidden"
+
+
 def test_revoked_key_is_refused(client: FlaskClient) -> None:
     admin = login(client)
     created = new_key(client, admin)

@@ -108,6 +108,38 @@ def test_wrong_method_is_405_before_authentication(client: Any) -> None:
     assert set(response.headers["Allow"].split(", ")) >= {"GET", "HEAD", "OPTIONS"}
 
 
+def test_options_never_reaches_a_view(make_app: Any) -> None:
+    # An OPTIONS request that is not a preflight ran a view declaring OPTIONS unauthenticated.
+    app = make_app(init=False)
+    ran: list[str] = []
+
+    @app.route("/admin/data", methods=["GET", "OPTIONS"])
+    @require_jwt
+    @roles("admin")
+    def admin_data() -> Any:
+        ran.append("view")
+        return {"secret": "payroll"}
+
+    class Users(MethodView):
+        decorators = [require_jwt]
+
+        @roles("admin")
+        def options(self) -> Any:
+            ran.append("options")
+            return {"leak": True}
+
+    app.add_url_rule("/users", view_func=Users.as_view("users"))
+    ApiGuard(app)
+    client = app.test_client()
+    for path in ("/admin/data", "/users"):
+        response = client.options(path)
+        assert response.status_code == 200
+        assert b"payroll" not in response.data and b"leak" not in response.data
+        assert "OPTIONS" in response.headers["Allow"]
+    assert ran == []
+    assert client.get("/admin/data").status_code == 401
+
+
 def test_trailing_slash_redirect_is_not_an_error(make_app: Any) -> None:
     app = make_app(init=False)
 

@@ -237,6 +237,17 @@ def test_sanitized_html_max_length_bounds_the_input(backend: str) -> None:
     assert_not_echoed(messages, "xxxx")
 
 
+def test_sanitized_html_refuses_deep_markup_before_parsing() -> None:
+    # SanitizedHTML parsed any amount of markup; over max_length or max_tags it now refuses first.
+    class Note(Schema):
+        body = SanitizedHTML(backend="bleach")
+
+    messages = Note().validate({"body": "<ul><li>" * 1_001})
+    assert messages == {"body": ["Too much markup: at most 1000 tags."]}
+    assert Note().validate({"body": "x" * 10_001}) == {"body": ["Longer than maximum length 10000."]}
+    assert Note().load({"body": "<b>ok</b>"}) == {"body": "<b>ok</b>"}
+
+
 def test_sanitized_html_takes_string_field_keywords() -> None:
     schema = Schema.from_dict({
         "body": SanitizedHTML(load_default=""),

@@ -77,6 +77,14 @@ def test_the_redirect_location_is_the_checked_host_and_the_path(
     assert response.headers["Location"] == location
 
 
+def test_plain_http_redirect_is_not_cacheable_without_trusted_hosts(client: Any) -> None:
+    # The 301 names an unchecked Host; without TRUSTED_HOSTS a cache could keep it (and serve it).
+    response = client.get("/health", base_url="http://evil.com",
+                          headers={"Authorization": "Bearer x"})
+    assert response.status_code == 301
+    assert response.headers["Cache-Control"] == "no-store"
+
+
 @pytest.mark.parametrize("header", [("X-Forwarded-Proto", "https"), ("X-Forwarded-Ssl", "on"),
                                     ("X-Forwarded-Protocol", "ssl")])
 def test_a_scheme_the_server_took_from_a_header_is_not_believed_without_proxies(

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, Response, stream_with_context
 
-from flask_apiguard import Identity, current_identity
+from flask_apiguard import ApiGuard, Identity, current_identity, require_jwt
 from flask_apiguard.identity import ANONYMOUS
 
 from .conftest import bearer, token_for
@@ -51,3 +51,26 @@ def test_current_identity_in_a_guarded_request(app: Any, client: Any) -> None:
     assert client.get("/private", headers=bearer(token)).status_code == 200
     assert seen == {"subject": "zoe", "roles": frozenset({"r"}), "scopes": frozenset({"s1", "s2"}),
                     "team": "blue", "method": "jwt", "read_only": True}
+
+
+def test_current_identity_stays_the_callers_in_a_streamed_body_and_teardown(make_app: Any) -> None:
+    # Teardown dropped the request state: streamed bodies and early teardown hooks saw anonymous.
+    app = make_app(init=False)
+    seen: list[Any] = []
+
+    @app.teardown_request
+    def early_teardown(exc: Any) -> None:  # registered before init_app: runs after the guard's
+        seen.append(("teardown", current_identity.subject))
+
+    @app.get("/stream")
+    @require_jwt
+    def stream() -> Any:
+        def body() -> Any:
+            yield f"{current_identity.subject}"
+
+        return Response(stream_with_context(body()))
+
+    ApiGuard(app)
+    response = app.test_client().get("/stream", headers=bearer(token_for(app, "alice")))
+    assert response.get_data(as_text=True) == "alice"
+    assert ("teardown", "alice") in seen

@@ -315,6 +315,14 @@ def test_token_with_aud_is_refused_when_no_audience_is_configured(make_app: Any)
     refused(whoami(app, sign(claims(aud="orders-api"))), "invalid_token")
 
 
+@pytest.mark.parametrize("audience", ["", []])
+def test_an_empty_aud_is_still_an_aud(client: Any, audience: Any) -> None:
+    # An empty 'aud' ("" or []) passed as if the token named no audience.
+    token = jwt.encode({"sub": "a", "exp": int(time.time()) + 60, "aud": audience}, SECRET,
+                       algorithm="HS256")
+    assert problem(client.get("/private", headers=bearer(token)))["error"] == "invalid_token"
+
+
 def test_leeway_allows_clock_skew_and_no_more(make_app: Any) -> None:
     now = int(time.time())
     strict = jwt_app(make_app)
@@ -567,6 +575,21 @@ def test_revoke_token_refuses_a_foreign_token(make_app: Any) -> None:
 
 
 @pytest.mark.redis
+def test_revocation_of_a_token_without_exp_lasts_max_age(make_app: Any) -> None:
+    # A revoked token without 'exp' left the denylist while APIGUARD_JWT_MAX_AGE still let it in.
+    app = make_app(APIGUARD_JWT_REQUIRED_CLAIMS=["sub"], APIGUARD_JWT_MAX_AGE=90 * 86400,
+                   APIGUARD_JWT_REVOCATION=True)
+    now = int(time.time())
+    token = jwt.encode({"sub": "alice", "iat": now, "jti": "j1"}, SECRET, algorithm="HS256")
+    client = app.test_client()
+    assert client.get("/private", headers=bearer(token)).status_code == 200
+    with app.app_context():
+        ApiGuard().revoke_token(token)
+    assert client.get("/private", headers=bearer(token)).get_json()["error"] == "token_revoked"
+    entries = app.extensions["apiguard"].shared.primary.revocations._entries
+    assert entries["j1"] - time.time() > 89 * 86400
+
+
 def test_revocation_is_shared_between_apps_through_redis(make_app: Any, redis_config: Any) -> None:
     config = redis_config(APIGUARD_JWT_REVOCATION=True)
     app_a, app_b = jwt_app(make_app, **config), jwt_app(make_app, **config)

@@ -1,13 +1,17 @@
 """Step 9, rate limits, on memory storage: defaults, declared and stacked limits, keys,
-``count="failures"``, the ``RateLimit-*`` headers and the 429 answer."""
+``count="failures"`` (its bound on parallel guesses on Redis too), the ``RateLimit-*``
+headers and the 429 answer."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from flask import Flask, request
+from flask import Flask, abort, request
 from flask.testing import FlaskClient
 
 from flask_apiguard import (
@@ -248,6 +252,28 @@ def test_scope_shares_one_counter_between_views(client: FlaskClient) -> None:
     assert client.get("/two", **from_ip(IP_B)).status_code == 200
 
 
+def test_a_scope_is_one_counter_whatever_each_view_allows(make_app: Any) -> None:
+    # Views sharing a scope= with different limits each kept a counter of their own.
+    app = make_app(init=False)
+
+    @app.get("/a")
+    @public
+    @rate_limit("3/hour", scope="sms")
+    def a() -> Any:
+        return {}
+
+    @app.get("/c")
+    @public
+    @rate_limit("5/hour", scope="sms")
+    def c() -> Any:
+        return {}
+
+    ApiGuard(app)
+    client = app.test_client()
+    assert [client.get("/a").status_code for _ in range(3)] == [200] * 3
+    assert [client.get("/c").status_code for _ in range(3)] == [200, 200, 429]
+
+
 def test_cost_uses_up_that_much(client: FlaskClient) -> None:
     responses = [client.get("/costly") for _ in range(3)]
     assert [r.status_code for r in responses] == [200, 200, 200]
@@ -390,6 +416,69 @@ def test_login_failure_reports_what_is_left_after_it(client: FlaskClient) -> Non
     # a refused login used one unit: its RateLimit-Remaining says what is left after it
     remaining = [client.post("/login", json=BAD).headers["RateLimit-Remaining"] for _ in range(3)]
     assert remaining == ["2", "1", "0"]
+
+
+def slow_login_app(make_app: Any, **config: Any) -> Any:
+    """``/login`` limited to 5 failures per 15 minutes, whose password check takes 0.2 s;
+    ``app.checks`` has one entry per check that ran."""
+    app = make_app(init=False, **config)
+    checks: list[int] = []
+
+    @app.post("/login")
+    @public
+    @rate_limit("5 per 15 minutes", key="ip", count="failures")
+    def login() -> Any:
+        checks.append(1)
+        time.sleep(0.2)  # a password hash
+        if (request.get_json(silent=True) or {}).get("password") != "right":
+            abort(401, "Wrong username or password.")
+        return {"ok": True}
+
+    ApiGuard(app)
+    app.checks = checks  # type: ignore[attr-defined]
+    return app
+
+
+def hammer(app: Any, count: int, password: str = "wrong") -> Counter[int]:
+    """``count`` logins sent at once, one thread each: how many got each status."""
+    answers: list[int] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        response = app.test_client().post("/login", json={"password": password})
+        with lock:
+            answers.append(response.status_code)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return Counter(answers)
+
+
+@pytest.mark.parametrize("storage", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def test_fifty_parallel_guesses_run_at_most_five_password_checks(
+        make_app: Any, storage: str, request: Any) -> None:
+    # Parallel guesses all passed the count="failures" test before the first was counted.
+    config = {}
+    if storage == "redis":
+        config = request.getfixturevalue("redis_config")()
+    app = slow_login_app(make_app, **config)
+    answers = hammer(app, 50)
+    assert answers[401] <= 5 and answers[401] + answers[429] == 50, answers
+    assert len(app.checks) <= 5
+    # and the five failures are counted: the next guess, even a right one, is refused
+    assert app.test_client().post("/login", json={"password": "right"}).status_code == 429
+
+
+def test_parallel_successes_give_their_place_back(make_app: Any) -> None:
+    # The places that bound parallel guesses must be released by successes, not leak.
+    app = slow_login_app(make_app)
+    for _ in range(3):
+        assert hammer(app, 5, password="right") == Counter({200: 5})
+    assert hammer(app, 5) == Counter({401: 5})
+    assert app.test_client().post("/login", json={"password": "right"}).status_code == 429
 
 
 # -- headers and the 429 answer -----------------------------------------------------------------

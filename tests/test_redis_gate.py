@@ -9,7 +9,9 @@ from limits import parse
 from limits.strategies import STRATEGIES
 
 from flask_apiguard.ratelimit.gate import RedisScriptBackend, compose
+from flask_apiguard.ratelimit.places import RedisInflight
 from flask_apiguard.ratelimit.probes import LimitProbe
+from flask_apiguard.ratelimit.redis_client import INFLIGHT_PREFIX
 from flask_apiguard.ratelimit.shared import SharedState
 
 from .conftest import bearer, token_for
@@ -81,6 +83,31 @@ def test_failures_only_probe_holds_a_place_until_it_settles(
     assert second.breached is None and second.backend is not None
     shared.settle(second.backend, second.reserved, second.token, failed=True)  # a failure counts
     assert shared.admit((), False, None, [probe], True).breached is not None
+
+
+def test_first_hit_of_a_redis_sliding_window_has_a_reset(redis_url: str,
+                                                         storage_options: dict[str, Any]) -> None:
+    # On its first hit a Redis sliding window (a key living two windows) reported a reset of 0.
+    shared = SharedState(redis_url, storage_options, "sliding-window-counter", "closed")
+    verdict = shared.admit((), False, None, (LimitProbe(parse("5/minute"), ("a", "b", "c")),), True)
+    assert verdict.window is not None and verdict.window.reset_in >= 59
+
+
+def test_a_lost_redis_place_expires_even_while_the_counter_is_busy(redis_url: str,
+                                                                   redis_prefix: str) -> None:
+    # A place lost with its worker lived as long as traffic kept refreshing the counter's key.
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    places = RedisInflight(client)
+    key = f"{redis_prefix}:k"  # a counter name of the test's own on the shared server
+    places.add(key, "dead-worker", 2)
+    client.zadd(INFLIGHT_PREFIX + key, {"dead-worker:1": 1, "dead-worker:2": 1})  # long expired
+    places.add(key, "live", 1)  # traffic refreshes the key, not the lost places
+    assert places.get(key) == 1
+    places.release(key, "live", 1)
+    assert places.get(key) == 0
+    client.unlink(INFLIGHT_PREFIX + key)
 
 
 def _client_commands(url: str, action: Any) -> list[str]:

@@ -7,11 +7,11 @@ import logging
 from typing import Any
 
 import pytest
-from flask import Response, current_app, request
+from flask import Response, abort, current_app, request, url_for
 
 from flask_apiguard import ApiGuard, current_identity, public, rate_limit
 
-from .conftest import bearer, token_for
+from .conftest import bearer, problem, token_for
 
 SECURITY = ("Content-Security-Policy", "X-Content-Type-Options", "X-Frame-Options")
 
@@ -116,6 +116,22 @@ def test_headers_set_by_an_app_hook_are_left_alone(make_app: Any) -> None:
     assert response.headers["X-Content-Type-Options"] == "nosniff"
 
 
+def test_the_500_of_a_failing_app_hook_has_the_guard_headers(make_app: Any) -> None:
+    # An app's after_request hook that raised stripped the guard's headers from Flask's 500.
+    app = make_app(PROPAGATE_EXCEPTIONS=False)
+
+    @app.after_request
+    def broken(response: Any) -> Any:
+        raise RuntimeError("a bug in the app's hook")
+
+    response = app.test_client().get("/health")
+    assert response.status_code == 500
+    assert response.headers["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert problem(response)["error"] == "internal_error"
+
+
 def test_a_context_pushed_inside_a_request_has_its_own_identity(make_app: Any) -> None:
     app = make_app(init=False)
     seen: list[Any] = []
@@ -142,6 +158,22 @@ def test_the_event_of_a_refusal_is_recorded_once(make_app: Any, caplog: Any) -> 
     events = [r.getMessage() for r in caplog.records if r.name == "flask_apiguard.security"]
     assert len(events) == 1 and '"status": 401' in events[0]
     assert response.headers["X-Request-ID"] in events[0]
+
+
+def test_a_raising_app_hook_gives_one_event_for_the_500(make_app: Any, caplog: Any) -> None:
+    # A raising app hook made the guard process the response Flask discards too: two events.
+    app = make_app(init=False, PROPAGATE_EXCEPTIONS=False)
+
+    @app.after_request
+    def broken(response: Any) -> Any:
+        raise RuntimeError("bug")
+
+    ApiGuard(app)
+    with caplog.at_level(logging.WARNING, logger="flask_apiguard.security"):
+        response = app.test_client().get("/private")
+    assert response.status_code == 500
+    events = [r.getMessage() for r in caplog.records if r.name == "flask_apiguard.security"]
+    assert len(events) == 1 and '"status": 500' in events[0]
 
 
 def test_a_failing_settle_still_sends_the_response_with_its_headers(
@@ -187,6 +219,34 @@ def test_a_sub_request_inside_a_view_never_takes_the_outer_state(make_app: Any) 
     assert [r.status_code for r in responses] == [401, 401, 429, 429]
     assert len(sub_ids) == 2
     assert not set(sub_ids) & {r.headers["X-Request-ID"] for r in responses}
+
+
+def test_contexts_pushed_inside_a_view_neither_settle_nor_replace_its_request(
+        make_app: Any) -> None:
+    # A request handled inside another (same g) settled or replaced the outer request's state.
+    app = make_app(init=False)
+
+    @app.post("/login")
+    @public
+    @rate_limit("3 per 15 minutes", key="ip", count="failures")
+    def login() -> Any:
+        with current_app.test_request_context():
+            url_for("login", _external=True)
+        inner = current_app.test_client().get("/health")
+        assert inner.status_code == 200
+        if request.get_json(silent=True) != {"password": "right"}:
+            abort(401)
+        return {"ok": True}
+
+    ApiGuard(app)
+    client = app.test_client()
+    # successful logins cost nothing, even with contexts pushed inside the view
+    assert [client.post("/login", json={"password": "right"}).status_code for _ in range(5)] \
+        == [200] * 5
+    assert [client.post("/login", json={"password": "wrong"}).status_code for _ in range(4)] \
+        == [401, 401, 401, 429]
+    state = app.extensions["apiguard"].shared.primary
+    assert all(not places for places in state.inflight._places.values())
 
 
 def test_guarded_apps_mounted_inside_each_other_add_their_headers_once(make_app: Any) -> None:

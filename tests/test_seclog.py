@@ -294,6 +294,33 @@ def test_no_record_for_success_or_ordinary_client_errors(make_app: Any, seclog: 
     assert seclog() == []
 
 
+def test_unknown_path_is_neither_logged_nor_signalled(app: Any, client: Any, caplog: Any) -> None:
+    # Each 404 of a scanner wrote a security record and sent request_rejected.
+    received: list[dict[str, Any]] = []
+
+    def receiver(sender: Any, **event: Any) -> None:
+        received.append(event)
+
+    with signals.request_rejected.connected_to(receiver, app), \
+            caplog.at_level(logging.INFO, logger="flask_apiguard.security"):
+        response = client.get("/wp-admin/setup.php")
+    assert response.status_code == 404
+    assert received == []
+    assert [r for r in caplog.records if r.name == "flask_apiguard.security"] == []
+
+
+def test_wrong_method_on_a_real_route_is_still_an_event(app: Any, client: Any) -> None:
+    # Keeping 404s quiet must not silence a 405 on a route that exists.
+    received: list[dict[str, Any]] = []
+
+    def receiver(sender: Any, **event: Any) -> None:
+        received.append(event)
+
+    with signals.request_rejected.connected_to(receiver, app):
+        assert client.delete("/health").status_code == 405
+    assert [e["error"] for e in received] == ["method_not_allowed"]
+
+
 # -- what never reaches the log ---------------------------------------------------------------
 
 def test_secrets_never_reach_the_log(make_app: Any, seclog: Any,

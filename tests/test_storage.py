@@ -29,7 +29,7 @@ from flask_apiguard import ApiGuard, ApiGuardConfigError, public, rate_limit
 from flask_apiguard.ratelimit.counter import Counter as LimitCounter
 from flask_apiguard.ratelimit.memory import LocalStorage
 from flask_apiguard.ratelimit.probes import LimitProbe
-from flask_apiguard.ratelimit.shared import SharedState
+from flask_apiguard.ratelimit.shared import SharedState, redacted
 from flask_apiguard.state import guard_state
 
 from .conftest import IN_CI, HttpsClient, base_config, free_port, own_keys, problem
@@ -186,6 +186,21 @@ def test_redis_client_timeouts_default_to_half_a_second(make_app: Any,
     chosen = kwargs(make_app(**redis_config(APIGUARD_STORAGE_OPTIONS={"socket_timeout": 2.0})))
     assert chosen["socket_timeout"] == 2.0
     assert chosen["socket_connect_timeout"] == 0.5
+
+
+def test_storage_uri_secrets_never_reach_the_log(caplog: Any) -> None:
+    # The storage URI went into log messages with its password.
+    assert redacted("redis://user:pw@host:6390/1?password=hunter2") == "redis://host:6390/1"
+    with caplog.at_level(logging.WARNING, logger="flask_apiguard"):
+        SharedState("redis://127.0.0.1:1/0?password=hunter2", {}, "fixed-window", "open").admit(
+            (), False, None, (), False)
+    assert "hunter2" not in caplog.text
+
+
+def test_storage_uri_redaction_survives_odd_passwords() -> None:
+    # The query was cut before the credentials, so a '?' or '#' in a password left part of it.
+    assert redacted("redis://user:pa?ss-word-123@host:6379/0") == "redis://host:6379/0"
+    assert redacted("redis://:Abc#Def9Ghi@host") == "redis://host"
 
 
 # -- the other URI forms, against servers of the test's own ---------------------------------------
@@ -577,6 +592,28 @@ def test_memory_sweep_is_incremental(clock: FakeClock) -> None:
         storage.incr(f"new-{n}", 60)
     # each new counter sweeps a few expired ones: the expired are all gone by now
     assert len(storage.storage) == 10_001
+
+
+def test_the_memory_sweep_survives_concurrent_expiry() -> None:
+    # The memory sweep walked the live tables: counters expiring in another thread broke it.
+    storage = LocalStorage()
+    storage.SWEEP_EVERY = 0
+    errors: list[BaseException] = []
+
+    def work(prefix: str) -> None:
+        try:
+            for i in range(300):
+                storage.incr(f"{prefix}{i}", 0.001)
+                storage.get(f"{prefix}{i - 1}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(f"t{n}-",)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
 
 
 def test_memory_moving_window_keeps_no_more_entries_than_its_limit(clock: FakeClock) -> None:

@@ -16,6 +16,7 @@ from marshmallow import validate as mv
 
 from flask_apiguard import (
     ApiGuard,
+    ApiGuardConfigError,
     current_identity,
     public,
     require_api_key,
@@ -315,6 +316,21 @@ def test_path_location(make_app: Callable[..., Flask]) -> None:
     bad = client.get("/users/not-a-uuid")
     assert bad.status_code == 400
     assert problem(bad)["errors"] == {"user_id": ["Not a valid UUID."]}
+
+
+def test_a_url_argument_with_the_same_name_is_refused(make_app: Any) -> None:
+    # Only an endpoint's first rule was checked for a URL variable clashing with arg_name.
+    app = make_app(init=False, PROPAGATE_EXCEPTIONS=True)
+
+    @app.get("/items/<path_data>")
+    @public
+    @validate({"path_data": fields.String()}, location="path")
+    def item(path_data: str) -> Any:
+        return {}
+
+    ApiGuard(app)
+    with pytest.raises(ApiGuardConfigError, match="arg_name"):
+        app.test_client().get("/items/x")
 
 
 def test_stacked_locations(make_app: Callable[..., Flask]) -> None:
@@ -753,6 +769,24 @@ def test_decorator_order_does_not_matter(make_app: Callable[..., Flask]) -> None
         assert post_json(client, path, {"bad": 1}, headers=user).status_code == 403
         assert post_json(client, path, {"bad": 1}, headers=admin).status_code == 400
         assert post_json(client, path, {"name": "a"}, headers=admin).get_json() == {"name": "a"}
+
+
+def test_validate_above_the_route_decorator_still_validates(make_app: Any) -> None:
+    # @validate above the route decorator wrapped a function Flask never called: no validation.
+    app = make_app(init=False)
+
+    @validate({"name": fields.String(required=True)})
+    @app.post("/above")
+    @public
+    def above(json_data: dict[str, Any]) -> Any:
+        return {"name": json_data["name"]}
+
+    ApiGuard(app)
+    client = app.test_client()
+    assert client.post("/above", json={"name": "x"}).get_json() == {"name": "x"}
+    refused = client.post("/above", json={"nom": "x"})
+    assert refused.status_code == 400
+    assert refused.get_json()["error"] == "validation_error"
 
 
 def test_a_password_context_field_that_is_not_in_the_schema_fails_when_declared() -> None:
