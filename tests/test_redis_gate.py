@@ -111,33 +111,11 @@ def test_a_lost_redis_place_expires_even_while_the_counter_is_busy(redis_url: st
 
 
 def _client_commands(url: str, action: Any) -> list[str]:
-    """The commands clients sent to Redis while ``action`` ran (MONITOR; commands run inside
-    a script are reported as coming from "lua" and are left out)."""
-    import threading
-
-    import redis
-
-    seen: list[dict[str, Any]] = []
-    ready = threading.Event()
-    stop = threading.Event()
-
-    def watch() -> None:
-        with redis.Redis.from_url(url).monitor() as monitor:
-            ready.set()
-            for entry in monitor.listen():
-                if stop.is_set() and "apiguard-monitor-stop" in entry["command"]:
-                    return
-                seen.append(entry)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    assert ready.wait(5)
-    action()
-    stop.set()
-    redis.Redis.from_url(url).echo("apiguard-monitor-stop")
-    thread.join(5)
+    """The commands clients sent to Redis while ``action`` ran (commands run inside a script
+    are reported as coming from "lua" and are left out)."""
     handshake = {"HELLO", "CLIENT", "ECHO", "SELECT"}  # a new connection's set-up, not a request
-    commands = [e["command"].split()[0].upper() for e in seen if e.get("client_type") != "lua"]
+    commands = [e["command"].split()[0].upper() for e in _monitor(url, action)
+                if e.get("client_type") != "lua"]
     return [c for c in commands if c not in handshake]
 
 
@@ -189,12 +167,13 @@ def _monitor(url: str, action: Any) -> list[dict[str, Any]]:
 
     seen: list[dict[str, Any]] = []
     ready = threading.Event()
+    stop = threading.Event()
 
     def watch() -> None:
         with redis.Redis.from_url(url).monitor() as monitor:
             ready.set()
             for entry in monitor.listen():
-                if "apiguard-monitor-stop" in entry["command"]:
+                if stop.is_set() and "apiguard-monitor-stop" in entry["command"]:
                     return
                 seen.append(entry)
 
@@ -202,6 +181,7 @@ def _monitor(url: str, action: Any) -> list[dict[str, Any]]:
     thread.start()
     assert ready.wait(5)
     action()
+    stop.set()
     redis.Redis.from_url(url).echo("apiguard-monitor-stop")
     thread.join(5)
     return seen
