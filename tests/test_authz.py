@@ -368,3 +368,29 @@ def test_public_view_in_public_endpoints_config_ignores_credentials(make_app: An
     response = get(app, "/private", "garbage")
     assert response.status_code == 200
     assert response.get_json() == {"subject": None, "method": None}
+
+
+def test_roles_of_every_decorated_base_class_are_enforced(make_app: Any) -> None:
+    # Two decorated bases: the second base's @roles("admin") was silently dropped (200).
+    from flask_apiguard import rate_limit, roles
+
+    app = make_app(init=False)
+
+    @roles("admin")
+    class AdminView(MethodView):
+        pass
+
+    @rate_limit("50 per minute")
+    class LimitedView(MethodView):
+        pass
+
+    class Reports(LimitedView, AdminView):
+        def get(self) -> Any:
+            return {"secret": "report"}
+
+    app.add_url_rule("/reports", view_func=Reports.as_view("reports"))
+    ApiGuard(app)
+    client = app.test_client()
+    assert client.get("/reports", headers=bearer(token_for(app, roles=["user"]))).status_code == 403
+    ok = client.get("/reports", headers=bearer(token_for(app, roles=["admin"])))
+    assert ok.status_code == 200 and ok.headers["RateLimit-Limit"] == "50"

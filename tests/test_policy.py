@@ -180,3 +180,60 @@ def test_a_wrapped_copy_keeps_what_the_original_declared() -> None:
     assert policy.role_rules == [(frozenset({"admin"}), "any")]
     assert [spec.limit for spec in policy.rate_limits] == ["1/minute"]
     assert get_policy(view).rate_limits == []  # type: ignore[union-attr]
+
+
+def test_a_decorator_on_a_proxy_that_shares_the_wrapped_functions_attributes_is_refused() -> None:
+    # wrapt's FunctionWrapper forwards setattr: public(cached(stats)) opened stats itself.
+    wrapt = pytest.importorskip("wrapt")
+
+    @wrapt.decorator
+    def cached(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        return wrapped(*args, **kwargs)
+
+    def stats() -> None: ...
+
+    rate_limit("9/minute")(stats)
+    for decorator in (public, rate_limit_exempt, roles("x"), require_jwt):
+        with pytest.raises(TypeError, match="wrapt-style proxy"):
+            decorator(cached(stats))
+    assert get_policy(stats).public is False  # type: ignore[union-attr]
+    assert get_policy(stats).rate_limit_exempt is False  # type: ignore[union-attr]
+    # reading through such a proxy gives what the function declared
+    assert get_policy(cached(stats)) is get_policy(stats)
+
+
+def test_every_decorated_base_class_counts() -> None:
+    # The class policy was read with getattr: only the first decorated base in the MRO counted.
+    @roles("admin")
+    class AdminView(MethodView):
+        pass
+
+    @rate_limit("50 per minute")
+    class LimitedView(MethodView):
+        pass
+
+    class Reports(LimitedView, AdminView):
+        def get(self) -> None: ...
+
+    policy = declared_policy(Reports.as_view("reports"), "GET")
+    assert policy.role_rules == [(frozenset({"admin"}), "any")]
+    assert [spec.limit for spec in policy.rate_limits] == ["50 per minute"]
+
+
+def test_a_partial_or_a_wrapper_without_a_dict_copy_keeps_the_functions_policy() -> None:
+    # A view registered as functools.partial(view, ...) lost the view's @roles.
+    import functools
+
+    def export(fmt: str) -> None: ...
+
+    roles("admin")(export)
+    as_csv = functools.partial(export, "csv")
+
+    def bare(*args: Any) -> None: ...
+
+    functools.update_wrapper(bare, export, updated=())  # __wrapped__, no __dict__ copy
+    for view in (as_csv, bare):
+        assert declared_policy(view, "GET").role_rules == [(frozenset({"admin"}), "any")]
+    rate_limit("1/minute")(as_csv)  # decorating the partial builds on what it stands for
+    assert get_policy(as_csv).role_rules == [(frozenset({"admin"}), "any")]  # type: ignore[union-attr]
+    assert get_policy(export).rate_limits == []  # type: ignore[union-attr]

@@ -21,6 +21,7 @@ from .declared import (
     declared_policy,
     get_policy,
     handler_of,
+    own_policy,
     view_methods,
 )
 from .decorators import (
@@ -39,6 +40,6 @@ from .route import Route, compile_route
 __all__ = [
     "AUTH_METHODS", "KEY_KINDS", "LOCATIONS", "POLICY_ATTR", "Deprecation", "Policy",
     "RateLimitSpec", "Route", "ValidationSpec", "compile_route", "declared_policy",
-    "deprecated", "get_policy", "handler_of", "public", "rate_limit", "rate_limit_exempt",
+    "deprecated", "get_policy", "handler_of", "own_policy", "public", "rate_limit", "rate_limit_exempt",
     "require_api_key", "require_jwt", "roles", "scopes", "validate", "view_methods",
 ]

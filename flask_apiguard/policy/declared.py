@@ -3,6 +3,7 @@ and the method that serves a request."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -134,10 +135,43 @@ class Policy:
         return merged
 
 
+def own_policy(target: Any) -> Policy | None:
+    """The policy recorded on ``target`` itself (in its own ``__dict__``), if any."""
+    try:
+        found = vars(target).get(POLICY_ATTR)
+    except TypeError:  # no __dict__
+        return None
+    return found if isinstance(found, Policy) else None
+
+
 def get_policy(target: Any) -> Policy | None:
-    """The policy declared on ``target`` (a function, or a view class or its base), if any."""
-    policy = getattr(target, POLICY_ATTR, None)
-    return policy if isinstance(policy, Policy) else None
+    """What ``target`` declares, if anything.
+
+    For a class, what it and every base declared, merged from the most general base to the
+    class itself (so two decorated bases of one view both count). For a function, its own
+    declaration, or else the declaration of the function it stands for: ``__wrapped__``
+    (a wrapper that does not copy ``__dict__``) or a ``functools.partial``'s ``func``.
+    """
+    if isinstance(target, type):
+        merged: Policy | None = None
+        for cls in reversed(target.__mro__):
+            own = own_policy(cls)
+            if own is not None:
+                merged = own if merged is None else merged.merge(own)
+        return merged
+    for _ in range(_MAX_WRAPPERS):
+        if target is None:
+            return None
+        own = own_policy(target)
+        if own is not None:
+            return own
+        target = target.func if isinstance(target, functools.partial) \
+            else getattr(target, "__wrapped__", None)
+    return None
+
+
+#: How far get_policy follows wrappers (a cycle of __wrapped__ ends there).
+_MAX_WRAPPERS = 32
 
 
 

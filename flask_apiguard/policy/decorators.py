@@ -23,6 +23,7 @@ from .declared import (
     T,
     ValidationSpec,
     get_policy,
+    own_policy,
 )
 
 if TYPE_CHECKING:
@@ -40,15 +41,46 @@ def _editable(target: Any) -> Policy:
     base's; changing it in place would change what the other function or class declares."""
     if not isinstance(target, type) and not callable(target):
         raise TypeError(f"flask-apiguard decorators apply to views, not to {target!r}.")
-    current = get_policy(target)
+    # A class keeps only its own declarations (its bases' are merged when it is read); a
+    # function starts from what it stands for (its own, or the function it wraps).
+    current = own_policy(target) if isinstance(target, type) else get_policy(target)
     return current.copy() if current is not None else Policy()
 
 
 def _record(target: T, policy: Policy) -> T:
-    """Check ``policy`` for contradictions, then make it what ``target`` declares."""
+    """Check ``policy`` for contradictions, then make it what ``target`` declares.
+
+    :raises TypeError: when ``target`` is a proxy that keeps its attributes on the function it
+        wraps (wrapt's ``FunctionWrapper`` and the like): recording there would change what
+        that other function declares.
+    """
     _check(policy, target)
+    if not isinstance(target, type):
+        _refuse_shared_attributes(target)
     setattr(target, POLICY_ATTR, policy)
     return target
+
+
+def _refuse_shared_attributes(target: Any) -> None:
+    try:
+        own = vars(target)
+    except TypeError:
+        return
+    inner = getattr(target, "__wrapped__", None)
+    for _ in range(32):
+        if inner is None:
+            return
+        try:
+            shared = vars(inner) is own
+        except TypeError:
+            shared = False
+        if shared:
+            raise TypeError(
+                f"{_view_name(target)}: this wrapper keeps its attributes on the function it "
+                "wraps (a wrapt-style proxy), so a decorator here would change that function's "
+                "policy too. Decorate the inner function, or wrap it with functools.wraps."
+            )
+        inner = getattr(inner, "__wrapped__", None)
 
 
 def _check(policy: Policy, target: Any) -> None:
