@@ -722,3 +722,26 @@ def test_a_key_prefix_must_be_a_string(make_app: Any, prefix: Any) -> None:
     with pytest.raises(ApiGuardConfigError, match="APIGUARD_STORAGE_OPTIONS"):
         make_app(APIGUARD_STORAGE_URI="redis://127.0.0.1:1/0",
                  APIGUARD_STORAGE_OPTIONS={"key_prefix": prefix})
+
+
+@pytest.mark.redis
+def test_reset_keeps_an_api_key_store_under_the_same_prefix(
+        tmp_path: Path, redis_url: str, storage_options: dict[str, Any]) -> None:
+    # reset() ran limits' KEYS "<prefix>:*": the app's API keys went with the counters.
+    app = limited_app(redis_url, str(tmp_path), APIGUARD_STORAGE_OPTIONS=storage_options,
+                      APIGUARD_API_KEY_STORE=redis_url)
+    with app.app_context():
+        plaintext, _ = ApiGuard().api_keys.create("ci-key")
+    spend(app)
+    guard_state(app).shared.reset()
+    spend(app)
+    with app.app_context():
+        assert ApiGuard().api_keys.verify(plaintext) is not None
+
+
+@pytest.mark.parametrize("prefix", ["run*", "a?b", "x[1]", "back\\slash", "tab\tprefix"])
+def test_a_key_prefix_holding_a_pattern_is_refused(tmp_path: Path, prefix: str) -> None:
+    # "rv*" was accepted, and a reset then deleted another app's "rvOTHER:..." keys.
+    with pytest.raises(ApiGuardConfigError, match="key_prefix"):
+        limited_app("redis://127.0.0.1:6379/0", str(tmp_path),
+                    APIGUARD_STORAGE_OPTIONS={"key_prefix": prefix})

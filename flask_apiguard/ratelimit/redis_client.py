@@ -15,11 +15,16 @@ INFLIGHT_PREFIX = "apiguard:inflight:"
 REDIS_DEFAULTS: dict[str, Any] = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5}
 
 
+#: Characters of Redis key patterns (KEYS, SCAN MATCH).
+_GLOB = frozenset("*?[]\\")
+
+
 def guard_key_prefixes(options: dict[str, Any]) -> tuple[str, str]:
     """The prefixes of the revocation and in-flight keys for these storage options: under
     ``key_prefix`` as limits' own keys are (``f"{key_prefix}:{key}"``), or today's names.
 
-    :raises ApiGuardConfigError: when ``key_prefix`` is not a non-empty string.
+    :raises ApiGuardConfigError: when ``key_prefix`` is not a non-empty string of plain
+        characters.
     """
     key_prefix = options.get("key_prefix")
     if key_prefix is None and "key_prefix" not in options:
@@ -27,6 +32,12 @@ def guard_key_prefixes(options: dict[str, Any]) -> tuple[str, str]:
     if not isinstance(key_prefix, str) or not key_prefix:
         raise ApiGuardConfigError(
             f"APIGUARD_STORAGE_OPTIONS: key_prefix must be a non-empty string, got {key_prefix!r}."
+        )
+    if any(ch in key_prefix for ch in _GLOB) or not key_prefix.isprintable():
+        # a pattern here would make a reset (KEYS/SCAN prefix*) reach other apps' keys
+        raise ApiGuardConfigError(
+            f"APIGUARD_STORAGE_OPTIONS: key_prefix {key_prefix!r} holds a Redis pattern or "
+            "control character (* ? [ ] \\); use letters, digits, '-', '_', '.' or ':'."
         )
     return f"{key_prefix}:{REVOKED_PREFIX}", f"{key_prefix}:{INFLIGHT_PREFIX}"
 

@@ -15,7 +15,7 @@ most every ``RETRY_EVERY`` seconds (half a second), so its return is noticed wit
 second; the switch in both directions is logged.
 
 Every key written to Redis lives under the storage's ``key_prefix`` when
-``APIGUARD_STORAGE_OPTIONS`` gives one (limits' counters as ``<prefix>:LIMITER/...``, the
+``APIGUARD_STORAGE_OPTIONS`` gives one (limits' counters as ``<prefix>:{LIMITER/...}``, the
 guard's own as ``<prefix>:apiguard:revoked:<jti>`` and ``<prefix>:apiguard:inflight:<key>``);
 without one the names are as they always were (``LIMITS:...``, ``apiguard:...``).
 """
@@ -208,16 +208,26 @@ class SharedState:
 
     def reset(self) -> None:
         """Forget every counter, for tests (``flask_apiguard.testing``): the memory storage
-        starts afresh (counters, revoked tokens, places held); on Redis, the keys under the
-        storage's ``key_prefix`` (limits' ``LIMITS`` unless ``APIGUARD_STORAGE_OPTIONS`` sets
-        one, and then the guard's own keys too) are deleted, and nothing else. The per-process
-        fallback starts afresh too."""
+        starts afresh (counters, revoked tokens, places held). On Redis, limits' counters
+        under the storage's key prefix are deleted (``<key_prefix>:{LIMITER/*``, limits'
+        ``LIMITS`` prefix when none is set) and, with a ``key_prefix``, the guard's revoked
+        and in-flight keys under it; nothing else (an API key store under the same prefix is
+        kept). The per-process fallback starts afresh too."""
         self.fallback = Backend(LocalStorage(self.memory_max_keys), self.strategy, None)
         if self.is_memory:
             self._primary = Backend(LocalStorage(self.memory_max_keys), self.strategy,
                                     MemoryRevocations())
             return
-        self.primary.storage.reset()
+        key_prefix = self.storage_options.get("key_prefix")
+        patterns = [f"{key_prefix or 'LIMITS'}:{{LIMITER/*"]  # limits' keys: <prefix>:{LIMITER/...}
+        if key_prefix:
+            revoked, inflight = guard_key_prefixes(self.storage_options)
+            patterns += [revoked + "*", inflight + "*"]
+        client = cast(Any, self.primary.storage).get_connection()
+        for pattern in patterns:
+            found = list(client.scan_iter(match=pattern, count=1000))
+            for start in range(0, len(found), 500):
+                client.unlink(*found[start:start + 500])
 
     def revoke(self, jti: str, ttl: int) -> None:
         try:
