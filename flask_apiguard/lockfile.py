@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +98,8 @@ def loads(text: str, source: str = "the lockfile") -> Lock:
         document = json.loads(text)
     except ValueError as exc:
         raise fail(f"is not valid JSON (line {getattr(exc, 'lineno', '?')})") from None
+    except RecursionError:
+        raise fail("is nested too deeply to be a lockfile") from None
     cors: dict[str, Any] | None = None
     routes: Any
     if isinstance(document, list):
@@ -118,11 +120,39 @@ def loads(text: str, source: str = "the lockfile") -> Lock:
     else:
         raise fail("is not a flask-apiguard lockfile (expected a JSON object)")
     for index, row in enumerate(routes):
-        if not isinstance(row, dict) or not all(k in row for k in _ROW_KEYS) \
-                or not isinstance(row["methods"], list):
+        if not isinstance(row, dict) or not all(k in row for k in _ROW_KEYS):
             raise fail(f"entry {index} is not a route row (it needs rule, endpoint and "
-                               "methods)")
+                       "methods)")
+        for name, value in row.items():
+            check = _FIELDS.get(name)
+            if check is not None and not check(value):
+                raise fail(f"entry {index} has a {name!r} that is not what routes --json writes")
     return Lock(routes, cors)
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _valid_role_rules(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(rule, dict) and _strings(rule.get("roles"))
+        and rule.get("require") in ("any", "all") for rule in value)
+
+
+#: The type of every field ``routes --json`` writes (others are ignored when compared).
+_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "rule": lambda v: isinstance(v, str),
+    "endpoint": lambda v: isinstance(v, str),
+    "methods": _strings,
+    **dict.fromkeys(("public", "optional", "required", "unprotected", "deprecated", "cors"),
+                    lambda v: isinstance(v, bool)),
+    **dict.fromkeys(("auth", "roles", "scopes", "api_key_scopes", "rate_limits", "validate"),
+                    _strings),
+    "role_rules": _valid_role_rules,
+    "scope_rules": lambda v: isinstance(v, list) and all(_strings(group) for group in v),
+    "sunset": lambda v: v is None or isinstance(v, str),
+}
 
 
 # -- rate limits as the rows write them ---------------------------------------------------------

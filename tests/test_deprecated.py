@@ -281,3 +281,10 @@ def test_check_warns_before_and_after_a_sunset(make_app: Callable[..., Flask]) -
     assert found[("sunset-passed", "past_view")]["severity"] == "medium"
     assert "410" in found[("sunset-passed", "past_view")]["message"]
     assert not any(key == "later_view" for _, key in found)
+
+
+@pytest.mark.parametrize("argument", ["link", "replacement"])
+def test_a_link_that_cannot_be_a_header_value_is_refused_at_import(argument: str) -> None:
+    # A non-ASCII link was accepted, and gunicorn then refused the Link header: a 500 per call.
+    with pytest.raises(TypeError, match="ASCII"):
+        deprecated(**{argument: "https://example.com/d\u00e9pr\u2192"})

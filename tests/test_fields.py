@@ -1084,3 +1084,9 @@ def test_validators_have_a_useful_repr() -> None:
     assert "regex='\\\\d+'" in repr(Pattern(r"\d+"))
     assert "min=1, max=2" in repr(Length(1, 2))
     assert "https" in repr(URL())
+
+
+def test_password_pattern_check_survives_a_character_that_lowercases_to_two() -> None:
+    # One "İ" (lowercase: two characters) switched case-folding, and so the check, off.
+    for value in ("ABCDEFGHIJKLMNOP\u0130", "QWERTYUIOPASDFGH\u0130"):
+        assert errors(Password(), value) == [PATTERN]

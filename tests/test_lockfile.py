@@ -314,3 +314,20 @@ def test_loads_refuses_a_corrupt_file_with_a_sentence(text: str, message: str) -
         loads(text, "apiguard.lock")
     assert str(info.value).startswith("apiguard.lock ")
     assert "--update" in str(info.value)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("role_rules", [5]), ("role_rules", [{"roles": ["a"], "require": "some"}]),
+    ("scope_rules", [None]), ("auth", 7), ("validate", 3), ("rate_limits", [5]),
+    ("roles", "admin"), ("public", "yes"), ("methods", "GET"),
+])
+def test_loads_refuses_a_row_field_of_the_wrong_type(field: str, value: Any) -> None:
+    # A crafted baseline crashed compare() with a traceback (exit 1, read as "loosened").
+    row = {"rule": "/b", "endpoint": "b", "methods": ["GET"], field: value}
+    with pytest.raises(LockfileError, match=repr(field)):
+        loads(json.dumps({"version": 1, "routes": [row]}))
+
+
+def test_loads_refuses_a_document_nested_too_deeply() -> None:
+    with pytest.raises(LockfileError, match="nested too deeply"):
+        loads("[" * 100_000 + "]" * 100_000)

@@ -82,9 +82,9 @@ def _predictable(password: str) -> int:
     of :data:`_MIN_PATTERN` or more characters that is a sequence (``1234``, ``qwer``,
     ``zyxw``) or a block repeated right after itself (``aaaa``, ``abab``, ``abcabc``), each
     character but the run's first. Case is ignored; overlapping runs count once."""
-    text = password.lower()
-    if len(text) != len(password):  # a few characters lowercase to two
-        text = password
+    # one character for one (a few lowercase to two, "İ" for one: those are kept as they are,
+    # so that one of them cannot switch case-folding off for the whole password)
+    text = "".join(low if len(low := ch.lower()) == 1 else ch for ch in password)
     length = len(text)
     marked = bytearray(length)
 

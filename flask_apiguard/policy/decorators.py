@@ -358,12 +358,13 @@ def _uri(name: str, value: Any) -> str | None:
     """A URI reference fit for a ``Link`` header (no spaces, controls, quotes or ``<>``)."""
     if value is None:
         return None
-    if not isinstance(value, str) or not value or any(
+    if not isinstance(value, str) or not value or not value.isascii() or any(
         ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F or ch in '<>"' for ch in value
     ):
+        # a header value must be ASCII: gunicorn refuses anything else (a 500 on every call)
         raise TypeError(
-            f"@deprecated({name}={value!r}) must be a URL or a path without spaces, quotes or "
-            "angle brackets."
+            f"@deprecated({name}={value!r}) must be an ASCII URL or path (percent-encode other "
+            "characters) without spaces, quotes or angle brackets."
         )
     return value
 
