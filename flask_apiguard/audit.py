@@ -311,6 +311,7 @@ def findings(app: Flask, state: GuardState) -> list[Finding]:
         add(Finding("cache-control-off", "low", "APIGUARD_CACHE_CONTROL",
                     "Responses to authenticated requests may be stored by caches."))
     found.extend(_sunset_findings(app, config.sunset_enforce))
+    found.extend(_converter_findings(app))
     order = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(found, key=lambda f: order[f.severity])
 
@@ -371,3 +372,18 @@ def warn_at_startup(app: Flask, state: GuardState) -> None:
 
 def as_json(items: list[Finding]) -> list[dict[str, Any]]:
     return [item.to_dict() for item in items]
+
+
+def _converter_findings(app: Flask) -> list[Finding]:
+    """URL converters of the app's own run during routing, before the guard: a lookup in one
+    runs for requests the guard then refuses (and a 404 from it tells who may not ask)."""
+    own = sorted(name for name, converter in app.url_map.converters.items()
+                 if not converter.__module__.startswith("werkzeug."))
+    if not own:
+        return []
+    return [Finding(
+        "url-converter-before-guard", "low", "url_map.converters",
+        f"URL converter(s) {', '.join(own)} run while routing, before the guard: a lookup in "
+        "one (a tenant, an object) runs for requests the guard refuses, and its 404 answers "
+        "anonymous callers. Keep lookups in a url_value_preprocessor or the view, which run "
+        "only for admitted requests.")]

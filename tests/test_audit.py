@@ -387,3 +387,32 @@ def test_an_unreachable_redis_cannot_verify(make_app: Any, private_redis: Privat
     [finding] = audit(app)
     assert (finding.id, finding.severity) == ("revocation-persistence-unverified", "low")
     assert "ConnectionError" in finding.message
+
+
+def test_a_url_converter_of_the_apps_own_is_reported(tmp_path: Any) -> None:
+    # A converter's to_python runs during routing, before the guard: a lookup there answered
+    # 404 or 401 to anonymous callers depending on what exists (an existence oracle).
+    from flask import Flask
+    from werkzeug.routing import BaseConverter
+
+    from flask_apiguard import ApiGuard
+    from flask_apiguard.audit import findings
+    from flask_apiguard.state import guard_state
+
+    from .conftest import base_config
+
+    class TenantConverter(BaseConverter):
+        pass
+
+    app = Flask("converters", instance_path=str(tmp_path))
+    app.config.update(base_config())
+    app.url_map.converters["tenant"] = TenantConverter
+    ApiGuard(app)
+    found = {f.id: f for f in findings(app, guard_state(app))}
+    assert found["url-converter-before-guard"].severity == "low"
+    assert "tenant" in found["url-converter-before-guard"].message
+
+    plain = Flask("plain", instance_path=str(tmp_path / "plain"))
+    plain.config.update(base_config())
+    ApiGuard(plain)
+    assert "url-converter-before-guard" not in {f.id for f in findings(plain, guard_state(plain))}
