@@ -51,8 +51,9 @@ _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,56}")
 #: ``dialect://`` or ``dialect+driver://``, as SQLAlchemy spells them.
 _SQL_URL = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\+[A-Za-z0-9_]+)?://.+")
 #: The pip extra that installs a dialect's usual driver.
-_EXTRAS = {"postgresql": ("postgresql", "postgresql+psycopg://"),
-           "mysql": ("mysql", "mysql+pymysql://"), "mariadb": ("mysql", "mysql+pymysql://")}
+_EXTRAS = {"postgresql": ("postgresql", "postgresql+psycopg://user@host/db"),
+           "mysql": ("mysql", "mysql+pymysql://user@host/db"),
+           "mariadb": ("mysql", "mysql+pymysql://user@host/db")}
 _UNAVAILABLE = "The API key store is unavailable."
 
 
@@ -157,7 +158,7 @@ class SqlKeyStore(ApiKeyStore):
             extra, spelling = _EXTRAS.get(dialect.name, ("sql", ""))
             hint = f' pip install "flask-apiguard[{extra}]"'
             if spelling:
-                hint += f" and spell the URL {spelling}…"
+                hint += f" and spell the URL {spelling}"
             raise _fail(f"the driver of {url.drivername!r} is not installed "
                         f"({exc.name or 'import failed'}):{hint}.") from None
 
