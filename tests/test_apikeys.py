@@ -692,6 +692,7 @@ def test_sql_store_creates_its_table_and_owner_index(sql_uri: str) -> None:
     from flask_apiguard.apikeys import SqlKeyStore
 
     keys = SqlKeyStore("agk", sql_uri)
+    assert keys.engine.pool.checkedin() == 0  # nothing a forked worker could share
     inspector = sqlalchemy.inspect(keys.engine)
     assert inspector.has_table(keys.table.name)
     indexes = inspector.get_indexes(keys.table.name)

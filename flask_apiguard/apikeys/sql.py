@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -132,6 +134,11 @@ class SqlKeyStore(ApiKeyStore):
         self._metadata = metadata
         self._ready = False
         self._prepare()
+        # No connection opened here may be shared with forked workers (gunicorn --preload):
+        # the pool starts empty, and a child forgets the parent's pool without closing it.
+        self.engine.dispose()
+        engine = weakref.ref(self.engine)
+        os.register_at_fork(after_in_child=lambda: _forget_pool(engine))
 
     def _engine(self, sa: Any, url: Any) -> Any:
         try:
@@ -253,6 +260,12 @@ class SqlKeyStore(ApiKeyStore):
             query = query.where(self.table.c.owner == owner)
         rows = self._run(lambda c: c.execute(query).all())
         return [self._decode(row) for row in rows]
+
+
+def _forget_pool(engine: weakref.ref[Any]) -> None:
+    alive = engine()
+    if alive is not None:
+        alive.dispose(close=False)
 
 
 def _default_detect(sa: Any) -> Any:
