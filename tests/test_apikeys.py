@@ -822,3 +822,24 @@ def test_sql_store_config_errors_name_the_key(make_app: Any, uri: str, message: 
         make_app(APIGUARD_API_KEY_STORE=uri)
     assert message in str(info.value)
     assert "pw-Secret-9" not in str(info.value)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+def test_sql_store_connections_time_out_unless_the_url_says_otherwise(
+        backend: str, sql_table: Callable[[str], SqlTable]) -> None:
+    from flask_apiguard.apikeys import SqlKeyStore
+
+    def driver_connection(uri: str) -> Any:
+        keys = SqlKeyStore("agk", uri)
+        with keys.engine.connect() as connection:
+            return connection.connection.dbapi_connection
+
+    url = sql_table(backend).url
+    if backend == "postgresql":
+        assert "connect_timeout=3" in driver_connection(url).info.dsn
+        assert "connect_timeout=7" in driver_connection(url + "&connect_timeout=7").info.dsn
+    else:
+        given = driver_connection(url)
+        assert (given.connect_timeout, given._read_timeout, given._write_timeout) == (3, 5, 5)
+        given = driver_connection(url + "&read_timeout=9")
+        assert (given.connect_timeout, given._read_timeout) == (3, 9)

@@ -75,11 +75,28 @@ def _fail(message: str) -> ApiGuardConfigError:
     return ApiGuardConfigError(f"APIGUARD_API_KEY_STORE: {message}")
 
 
-def _connect_defaults(dialect: str, query: Iterable[str]) -> dict[str, Any]:
+def _libpq_version(driver: str) -> int:
+    """The libpq version psycopg (3) or psycopg2 is built with; 0 when unknown."""
+    try:
+        if driver == "psycopg":
+            import psycopg
+
+            return int(psycopg.pq.version())
+        if driver == "psycopg2":
+            import psycopg2.extensions  # type: ignore[import-untyped, unused-ignore]
+
+            return int(psycopg2.extensions.libpq_version())
+    except (ImportError, AttributeError):
+        pass
+    return 0
+
+
+def _connect_defaults(dialect: str, driver: str, query: Iterable[str]) -> dict[str, Any]:
     """Timeouts for the drivers that take them, unless the URL's query sets its own."""
-    if dialect == "postgresql":  # libpq's options (psycopg, psycopg2); tcp_user_timeout in ms
-        defaults: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT,
-                                    "tcp_user_timeout": IO_TIMEOUT * 1000}
+    if dialect == "postgresql":  # libpq's options; tcp_user_timeout (ms) since libpq 12
+        defaults: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT}
+        if _libpq_version(driver) >= 120000:
+            defaults["tcp_user_timeout"] = IO_TIMEOUT * 1000
     elif dialect in ("mysql", "mariadb"):  # pymysql, mysqlclient, mariadb connector
         defaults = {"connect_timeout": CONNECT_TIMEOUT, "read_timeout": IO_TIMEOUT,
                     "write_timeout": IO_TIMEOUT}
@@ -151,7 +168,7 @@ class SqlKeyStore(ApiKeyStore):
         options: dict[str, Any] = {
             "isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None,
             "pool_recycle": 1800,
-            "connect_args": _connect_defaults(dialect.name, url.query),
+            "connect_args": _connect_defaults(dialect.name, dialect.driver, url.query),
         }
         if dialect.name != "sqlite":  # SQLite's pools take no timeout
             options["pool_timeout"] = CONNECT_TIMEOUT
@@ -175,7 +192,7 @@ class SqlKeyStore(ApiKeyStore):
         the CREATE: the losers' errors are retried (``checkfirst`` then finds the table). A
         database that cannot be reached is logged and the table is made on first use."""
         sa = self._sa
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 5
         while True:
             try:
                 with self.engine.connect():
