@@ -154,6 +154,10 @@ def storage_uri(key: str, value: Any) -> str:
     return uri
 
 
+#: ``dialect://…`` or ``dialect+driver://…``: a SQLAlchemy database URL.
+_SQL_URL = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\+[A-Za-z0-9_]+)?://.+")
+
+
 def api_key_store(key: str, value: Any) -> str:
     uri = string(key, value)
     assert uri is not None
@@ -161,10 +165,15 @@ def api_key_store(key: str, value: Any) -> str:
         return uri
     if uri.startswith("sqlite:///") and len(uri) > len("sqlite:///"):
         return uri
+    if _SQL_URL.fullmatch(uri) and not uri.lower().startswith(("sqlite://", "postgres://")):
+        return uri  # a SQLAlchemy URL: the store checks its dialect and driver when it opens
+    scheme, _, rest = uri.partition("://")
+    shown = f"{scheme}://{rest.rpartition('@')[2].split('?', 1)[0]}" if rest else uri
     raise fail(
         key,
-        f"unsupported store {uri!r}. Use sqlite:///relative/path (inside the app's instance "
-        "folder), sqlite:////absolute/path, memory:// or redis://host:port/db.",
+        f"unsupported store {shown!r}. Use sqlite:///relative/path (inside the app's instance "
+        "folder), sqlite:////absolute/path, memory://, redis://host:port/db or a SQLAlchemy "
+        "URL such as postgresql+psycopg://user@host/db or mysql+pymysql://user@host/db.",
     )
 
 

@@ -418,3 +418,119 @@ def dead_port() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield int(sock.getsockname()[1])
+
+
+# -- SQL databases (the SQL key store) ----------------------------------------------------------
+#
+# PostgreSQL and MariaDB may be shared as Redis is: a run never touches a table it did not
+# make. Each test gets its own table, ``agt_<pid>_<random>_t<n>``, names it in the store URL
+# (``?apiguard_table=``), and drops it when it ends; the stores it opened are closed first.
+
+#: The databases the SQL key store is tested on, and the environment variables that move them.
+SQL_DATABASES = {
+    "postgresql": ("POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    "mysql": ("MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+}
+#: This run's table prefix on the shared databases (letters, digits, underscores).
+SQL_RUN_PREFIX = f"agt_{os.getpid()}_{secrets.token_hex(4)}"
+
+
+def sql_test_url(backend: str) -> str:
+    variable, default = SQL_DATABASES[backend]
+    return os.environ.get(variable) or default
+
+
+class SqlDatabases:
+    """The shared databases of this run, reached on first use (skipped when unreachable,
+    required under ``CI=true``), and the tables this run made on them."""
+
+    def __init__(self) -> None:
+        self.engines: dict[str, Any] = {}
+
+    def reach(self, backend: str) -> Any:
+        if backend not in self.engines:
+            url = sql_test_url(backend)
+            shown = url.partition("?")[0].rpartition("@")[2]
+            try:
+                import sqlalchemy
+
+                engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 2},
+                                                  poolclass=sqlalchemy.pool.NullPool)
+                with engine.connect():
+                    pass
+            except Exception as exc:
+                message = (f"{backend} is not reachable at {shown} ({type(exc).__name__}); "
+                           f"set {SQL_DATABASES[backend][0]}")
+                if IN_CI:
+                    pytest.fail(f"{message} - under CI=true the SQL key store tests must run.")
+                pytest.skip(message)
+            self.engines[backend] = engine
+        return self.engines[backend]
+
+    def drop(self, backend: str, table: str) -> None:
+        """Drop ``table``, which must be one of this run's."""
+        import sqlalchemy
+
+        assert table.startswith(SQL_RUN_PREFIX) and re.fullmatch(r"\w+", table), table
+        with self.engines[backend].begin() as connection:
+            connection.execute(sqlalchemy.text(f"DROP TABLE IF EXISTS {table}"))
+
+    def leftovers(self, backend: str) -> list[str]:
+        import sqlalchemy
+
+        names = sqlalchemy.inspect(self.engines[backend]).get_table_names()
+        return [name for name in names if name.startswith(SQL_RUN_PREFIX)]
+
+
+@pytest.fixture(scope="session")
+def sql_databases() -> Iterator[SqlDatabases]:
+    databases = SqlDatabases()
+    yield databases
+    for backend, engine in databases.engines.items():
+        for table in databases.leftovers(backend):  # whatever a test left behind, only ours
+            databases.drop(backend, table)
+        engine.dispose()
+
+
+_table_numbers = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class SqlTable:
+    backend: str
+    table: str
+    url: str
+
+
+@pytest.fixture
+def sql_table(sql_databases: SqlDatabases,
+              monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], SqlTable]]:
+    """``sql_table(backend)``: a table name of this test's own on ``postgresql`` or ``mysql``
+    and the store URL naming it. Every SQL key store the test opens is closed, and its tables
+    dropped, when it ends."""
+    from flask_apiguard.apikeys import SqlKeyStore
+
+    stores: list[SqlKeyStore] = []
+    tables: list[SqlTable] = []
+    opened = SqlKeyStore.__init__
+
+    def tracked(self: SqlKeyStore, *args: Any, **kwargs: Any) -> None:
+        stores.append(self)
+        opened(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqlKeyStore, "__init__", tracked)
+
+    def factory(backend: str) -> SqlTable:
+        sql_databases.reach(backend)
+        table = f"{SQL_RUN_PREFIX}_t{next(_table_numbers):05d}"
+        url = sql_test_url(backend)
+        made = SqlTable(backend, table, f"{url}{'&' if '?' in url else '?'}apiguard_table={table}")
+        tables.append(made)
+        return made
+
+    yield factory
+    for store in stores:
+        if hasattr(store, "engine"):
+            store.close()
+    for made in tables:
+        sql_databases.drop(made.backend, made.table)

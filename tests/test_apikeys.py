@@ -1,5 +1,11 @@
-"""API keys: creation, the ``ApiKey`` record, verify/revoke/list/get, expiry, the three stores
-(memory, SQLite, Redis) and the ``@require_api_key`` views and identity."""
+"""API keys: creation, the ``ApiKey`` record, verify/revoke/list/get, expiry, the stores
+(memory, SQLite, Redis, and SQL through SQLAlchemy on SQLite, PostgreSQL and MariaDB) and the
+``@require_api_key`` views and identity.
+
+The behaviour tests take ``store_uri`` and run on every store but Redis (whose tests need a
+key prefix or a server of their own, below). PostgreSQL and MariaDB are the shared servers of
+``POSTGRESQL_URL`` and ``MYSQL_URL`` (skipped when unreachable, required under ``CI=true``);
+each test writes to a table of its own (``conftest.sql_table``)."""
 
 from __future__ import annotations
 
@@ -25,7 +31,15 @@ from flask import Flask
 from flask_apiguard import ApiGuard, ApiGuardConfigError, ApiKey, current_identity, require_api_key
 from flask_apiguard.apikeys import MemoryKeyStore
 
-from .conftest import HttpsClient, PrivateRedis, base_config, bearer, problem, token_for
+from .conftest import (
+    HttpsClient,
+    PrivateRedis,
+    SqlTable,
+    base_config,
+    bearer,
+    problem,
+    token_for,
+)
 
 KEY_SHAPE = re.compile(r"agk_([0-9a-f]{16})_([0-9a-f]{64})")
 
@@ -90,10 +104,40 @@ def assert_invalid_key(response: Any) -> None:
     assert "WWW-Authenticate" in response.headers
 
 
+#: The stores the behaviour tests run on: ``sql-sqlite`` is the SQL store on a SQLite file
+#: (through SQLAlchemy, runs everywhere), ``postgresql`` and ``mysql`` the shared servers.
+BACKENDS = ["memory", "sqlite", "sql-sqlite", "postgresql", "mysql"]
+SQL_BACKENDS = ["sql-sqlite", "postgresql", "mysql"]
+
+
+def backend_uri(backend: str, tmp_path: Path, sql_table: Callable[[str], SqlTable]) -> str:
+    if backend == "memory":
+        return "memory://"
+    if backend == "sqlite":
+        return "sqlite:///keys.sqlite3"
+    if backend == "sql-sqlite":
+        return f"sqlite+pysqlite:///{tmp_path / 'sa-keys.sqlite3'}"
+    return sql_table(backend).url
+
+
+@pytest.fixture(params=BACKENDS)
+def store_uri(request: pytest.FixtureRequest, tmp_path: Path,
+              sql_table: Callable[[str], SqlTable]) -> str:
+    """``APIGUARD_API_KEY_STORE`` for each store the behaviour tests run on."""
+    return backend_uri(request.param, tmp_path, sql_table)
+
+
+@pytest.fixture(params=SQL_BACKENDS)
+def sql_uri(request: pytest.FixtureRequest, tmp_path: Path,
+            sql_table: Callable[[str], SqlTable]) -> str:
+    """``APIGUARD_API_KEY_STORE`` naming the SQL store, on each database it is tested on."""
+    return backend_uri(request.param, tmp_path, sql_table)
+
+
 # -- creating keys ------------------------------------------------------------------------------
 
-def test_create_returns_the_plaintext_once_and_a_record(make_app: Any) -> None:
-    app = key_app(make_app)
+def test_create_returns_the_plaintext_once_and_a_record(make_app: Any, store_uri: str) -> None:
+    app = key_app(make_app, APIGUARD_API_KEY_STORE=store_uri)
     before = datetime.now(UTC)
     plaintext, key = create(app, "billing sync", scopes=["orders:read", "orders:write"],
                             roles=["service"], owner="team-billing")
@@ -122,8 +166,8 @@ def test_every_key_is_different(make_app: Any) -> None:
     assert len({secret_of(p) for p, _ in made}) == 20
 
 
-def test_api_key_never_exposes_the_secret_or_its_hash(make_app: Any) -> None:
-    app = key_app(make_app)
+def test_api_key_never_exposes_the_secret_or_its_hash(make_app: Any, store_uri: str) -> None:
+    app = key_app(make_app, APIGUARD_API_KEY_STORE=store_uri)
     plaintext, key = create(app, scopes=["a"], owner="o")
     secret = secret_of(plaintext)
     digests = {hashlib.sha256(secret.encode()).hexdigest(),
@@ -147,8 +191,8 @@ def test_api_key_never_exposes_the_secret_or_its_hash(make_app: Any) -> None:
         assert secret not in repr(stored)
 
 
-def test_create_refuses_bad_arguments(make_app: Any) -> None:
-    app = key_app(make_app)
+def test_create_refuses_bad_arguments(make_app: Any, store_uri: str) -> None:
+    app = key_app(make_app, APIGUARD_API_KEY_STORE=store_uri)
     for kwargs in ({"expires_in": 0}, {"expires_in": -5}, {"expires_in": timedelta(0)},
                    {"expires_in": True}, {"scopes": [""]}, {"roles": [1]}):
         with pytest.raises(ValueError):
@@ -168,8 +212,8 @@ def test_key_names_must_be_printable(name: str) -> None:
 
 # -- verify, get, list, revoke ------------------------------------------------------------------
 
-def test_verify_get_list_and_revoke(make_app: Any) -> None:
-    app = key_app(make_app)
+def test_verify_get_list_and_revoke(make_app: Any, store_uri: str) -> None:
+    app = key_app(make_app, APIGUARD_API_KEY_STORE=store_uri)
     first, first_key = create(app, "first", owner="alice")
     second, second_key = create(app, "second", owner="bob")
     keys = store(app)
@@ -190,8 +234,8 @@ def test_verify_get_list_and_revoke(make_app: Any) -> None:
     assert call(app, second).status_code == 200
 
 
-def test_verify_refuses_wrong_secrets_and_garbage(make_app: Any) -> None:
-    app = key_app(make_app)
+def test_verify_refuses_wrong_secrets_and_garbage(make_app: Any, store_uri: str) -> None:
+    app = key_app(make_app, APIGUARD_API_KEY_STORE=store_uri)
     plaintext, key = create(app)
     keys = store(app)
     secret = secret_of(plaintext)
@@ -215,10 +259,26 @@ def test_a_wrong_secret_never_reads_the_key_record() -> None:
     assert keys.verify(plaintext) == key and read == [key.key_id]
 
 
+def test_list_by_owner_is_exact(make_app: Any, store_uri: str) -> None:
+    # MySQL compares strings without case and trailing spaces: the owner is checked exactly.
+    app = key_app(make_app, APIGUARD_API_KEY_STORE=store_uri)
+    _, alice = create(app, "a1", owner="alice")
+    _, alice_2 = create(app, "a2", owner="alice")
+    create(app, "A", owner="Alice")
+    create(app, "spaced", owner="alice ")
+    create(app, "nobody")
+    keys = store(app)
+    assert [k.key_id for k in keys.list(owner="alice")] == sorted(
+        [alice.key_id, alice_2.key_id], key=lambda i: (keys.get(i).created_at, i))
+    assert [k.name for k in keys.list(owner="Alice")] == ["A"]
+    assert keys.list(owner="bob") == []
+    assert len(keys.list()) == 5
+
+
 # -- expiry -------------------------------------------------------------------------------------
 
-def test_expires_in_seconds_and_timedelta(make_app: Any) -> None:
-    app = key_app(make_app)
+def test_expires_in_seconds_and_timedelta(make_app: Any, store_uri: str) -> None:
+    app = key_app(make_app, APIGUARD_API_KEY_STORE=store_uri)
     _, hourly = create(app, expires_in=3600)
     assert hourly.expires_at is not None
     assert abs((hourly.expires_at - hourly.created_at).total_seconds() - 3600) < 1
@@ -227,8 +287,8 @@ def test_expires_in_seconds_and_timedelta(make_app: Any) -> None:
     assert abs((daily.expires_at - daily.created_at) - timedelta(days=1)) < timedelta(seconds=1)
 
 
-def test_expired_key_is_refused(make_app: Any) -> None:
-    app = key_app(make_app)
+def test_expired_key_is_refused(make_app: Any, store_uri: str) -> None:
+    app = key_app(make_app, APIGUARD_API_KEY_STORE=store_uri)
     plaintext, key = create(app, expires_in=0.5)
     assert call(app, plaintext).status_code == 200
     time.sleep(0.7)
@@ -524,8 +584,8 @@ def test_require_api_key_view(make_app: Any) -> None:
     assert problem(response)["error"] == "unauthorized"
 
 
-def test_require_api_key_with_scopes(make_app: Any) -> None:
-    app = key_app(make_app)
+def test_require_api_key_with_scopes(make_app: Any, store_uri: str) -> None:
+    app = key_app(make_app, APIGUARD_API_KEY_STORE=store_uri)
     writer, _ = create(app, scopes=["orders:write", "orders:read"])
     reader, _ = create(app, scopes=["orders:read"])
     assert call(app, writer, "/orders", method="post").get_json() == {"written": True}
@@ -539,8 +599,8 @@ def test_require_api_key_with_scopes(make_app: Any) -> None:
     assert problem(response)["error"] == "unauthorized"
 
 
-def test_api_key_identity_with_an_owner(make_app: Any) -> None:
-    app = key_app(make_app)
+def test_api_key_identity_with_an_owner(make_app: Any, store_uri: str) -> None:
+    app = key_app(make_app, APIGUARD_API_KEY_STORE=store_uri)
     plaintext, key = create(app, scopes=["a", "b"], roles=["ops"], owner="team-ops")
     body = call(app, plaintext).get_json()
     assert body == {"authenticated": True, "subject": "team-ops", "roles": ["ops"],
@@ -548,10 +608,238 @@ def test_api_key_identity_with_an_owner(make_app: Any) -> None:
                     "key_id": key.key_id}
 
 
-def test_api_key_identity_without_an_owner(make_app: Any) -> None:
-    app = key_app(make_app)
+def test_api_key_identity_without_an_owner(make_app: Any, store_uri: str) -> None:
+    app = key_app(make_app, APIGUARD_API_KEY_STORE=store_uri)
     plaintext, key = create(app)
     body = call(app, plaintext).get_json()
     assert body["subject"] == f"apikey:{key.key_id}"
     assert body["method"] == "api_key"
     assert body["roles"] == [] and body["scopes"] == []
+
+
+# -- the SQL store (SQLAlchemy Core) ------------------------------------------------------------
+
+class Statements:
+    """What a store's engine sends: the statements, and the round trips SQLAlchemy could add
+    around them: a new connection, the pool's ping, COMMIT and the driver's rollback()
+    (counted where pymysql and psycopg send it, so a skipped rollback is not counted)."""
+
+    def __init__(self, engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        import psycopg
+        import pymysql
+        import sqlalchemy
+
+        self.sql: list[str] = []
+        self.other: list[str] = []
+        sqlalchemy.event.listen(engine, "before_cursor_execute",
+                                lambda conn, cursor, statement, *a: self.sql.append(statement))
+        sqlalchemy.event.listen(engine, "connect", lambda *a: self.other.append("connect"))
+        dialect = engine.dialect
+        for name in ("do_ping", "do_commit"):  # do_begin sends nothing: a DBAPI has no begin()
+            original = getattr(dialect, name)
+            monkeypatch.setattr(dialect, name, lambda c, name=name, original=original:
+                                self.other.append(name) or original(c))
+        for driver in (pymysql.connections.Connection, psycopg.Connection):
+            rollback = driver.rollback
+            monkeypatch.setattr(driver, "rollback", lambda c, rollback=rollback:
+                                self.other.append("rollback") or rollback(c))
+
+    def clear(self) -> None:
+        self.sql.clear()
+        self.other.clear()
+
+
+def questions(connection: Any) -> int:
+    """MySQL's count of the statements this session has received (the query itself included)."""
+    import sqlalchemy
+
+    row = connection.execute(sqlalchemy.text("SHOW SESSION STATUS LIKE 'Questions'")).one()
+    return int(row[1])
+
+
+def test_sql_store_verify_is_one_select_by_primary_key(
+        make_app: Any, sql_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = key_app(make_app, APIGUARD_API_KEY_STORE=sql_uri, APIGUARD_RATELIMIT_DEFAULT=None)
+    plaintext, key = create(app, owner="svc")
+    keys = store(app)
+    call(app, plaintext)  # the pool holds a connection from here on
+    sent = Statements(keys.engine, monkeypatch)
+    secret = secret_of(plaintext)
+    wrong = f"agk_{key.key_id}_{secret[:-1]}{'0' if secret[-1] != '0' else '1'}"
+    unknown = f"agk_{'0' * 16}_{secret}"
+    for presented, status in ((plaintext, 200), (wrong, 401), (unknown, 401)):
+        sent.clear()
+        assert call(app, presented).status_code == status
+        # one statement, one round trip: no BEGIN/COMMIT/ROLLBACK, no ping, no new connection
+        assert len(sent.sql) == 1, sent.sql
+        assert sent.sql[0].lstrip().upper().startswith("SELECT")
+        assert "key_id =" in sent.sql[0].replace("\n", " ")
+        assert sent.other == [], sent.other
+    sent.clear()
+    assert keys.verify("agk_not-a-key") is None
+    assert sent.sql == [] and sent.other == []
+    if keys.engine.dialect.name == "mysql":  # the server's own count: one statement per verify
+        with keys.engine.connect() as connection:
+            before = questions(connection)
+        assert keys.verify(plaintext) == key and keys.verify(wrong) is None
+        with keys.engine.connect() as connection:
+            assert questions(connection) - before == 3  # two SELECTs, then this SHOW
+
+
+def test_sql_store_creates_its_table_and_owner_index(sql_uri: str) -> None:
+    import sqlalchemy
+
+    from flask_apiguard.apikeys import SqlKeyStore
+
+    keys = SqlKeyStore("agk", sql_uri)
+    assert keys.engine.pool.checkedin() == 0  # nothing a forked worker could share
+    inspector = sqlalchemy.inspect(keys.engine)
+    assert inspector.has_table(keys.table.name)
+    indexes = inspector.get_indexes(keys.table.name)
+    assert [i["column_names"] for i in indexes] == [["owner"]]
+    assert inspector.get_pk_constraint(keys.table.name)["constrained_columns"] == ["key_id"]
+    plaintext, key = keys.create("k", owner="o")
+    again = SqlKeyStore("agk", sql_uri)  # the table exists: kept as it is
+    assert again.verify(plaintext) == key
+
+
+def test_sql_store_default_table_and_table_parameter(tmp_path: Path) -> None:
+    from flask_apiguard.apikeys import SqlKeyStore
+
+    url = f"sqlite+pysqlite:///{tmp_path / 'app.sqlite3'}"
+    default = SqlKeyStore("agk", url)
+    named = SqlKeyStore("agk", url + "?apiguard_table=service_keys")
+    assert default.table.name == "apiguard_api_keys" and named.table.name == "service_keys"
+    plaintext, _ = default.create("k")
+    assert named.verify(plaintext) is None and named.list() == []
+    assert SqlKeyStore("agk", url, table="service_keys").table.name == "service_keys"
+    for store_ in (default, named):
+        store_.close()
+
+
+def test_sql_store_survives_workers_creating_the_table_together(sql_uri: str) -> None:
+    # Workers starting together on an empty database race for CREATE TABLE / CREATE INDEX.
+    import threading
+
+    from flask_apiguard.apikeys import SqlKeyStore
+
+    start = threading.Barrier(6)
+
+    def open_and_create(n: int) -> str:
+        start.wait()
+        try:
+            SqlKeyStore("agk", sql_uri).create(f"k{n}")
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return "ok"
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        assert list(pool.map(open_and_create, range(6))) == ["ok"] * 6
+    assert len(SqlKeyStore("agk", sql_uri).list()) == 6
+
+
+def test_sql_store_never_holds_the_secret(make_app: Any, sql_uri: str) -> None:
+    import sqlalchemy
+
+    app = key_app(make_app, APIGUARD_API_KEY_STORE=sql_uri)
+    plaintext, key = create(app, scopes=["s"], owner="o")
+    keys = store(app)
+    with keys.engine.connect() as connection:
+        rows = [repr(tuple(r)) for r in connection.execute(sqlalchemy.select(keys.table))]
+    dump = "\n".join(rows)
+    assert key.key_id in dump
+    assert hashlib.sha256(secret_of(plaintext).encode()).hexdigest() in dump
+    assert secret_of(plaintext) not in dump
+
+
+def kill_connections(backend: str, keys: Any) -> None:
+    """Close the store's pooled connection from the server's side (a restarted database)."""
+    import sqlalchemy
+
+    with keys.engine.connect() as connection:
+        if backend == "postgresql":
+            own = connection.execute(sqlalchemy.text("SELECT pg_backend_pid()")).scalar()
+            kill = f"SELECT pg_terminate_backend({int(own)})"
+        else:
+            own = connection.execute(sqlalchemy.text("SELECT CONNECTION_ID()")).scalar()
+            kill = f"KILL {int(own)}"
+    killer = sqlalchemy.create_engine(keys.engine.url, poolclass=sqlalchemy.pool.NullPool)
+    with killer.connect() as connection:
+        connection.execute(sqlalchemy.text(kill))
+    killer.dispose()
+    time.sleep(0.2)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+def test_sql_store_recovers_when_the_connection_dropped(
+        make_app: Any, backend: str, sql_table: Callable[[str], SqlTable]) -> None:
+    # A pooled connection the database closed (restart, failover, idle timeout) answered 500.
+    app = key_app(make_app, APIGUARD_API_KEY_STORE=sql_table(backend).url,
+                  APIGUARD_RATELIMIT_DEFAULT=None)
+    import sqlalchemy
+
+    plaintext, key = create(app)
+    assert call(app, plaintext).status_code == 200
+    dropped: list[bool] = []
+    sqlalchemy.event.listen(store(app).engine, "invalidate",
+                            lambda *a: dropped.append(True))
+    for attempt in range(1, 3):
+        kill_connections(backend, store(app))
+        response = call(app, plaintext)
+        assert response.status_code == 200, response.data
+        assert response.get_json()["key_id"] == key.key_id
+        assert len(dropped) == attempt  # the dead connection was found, and the lookup rerun
+
+
+@pytest.mark.parametrize("scheme", ["postgresql+psycopg", "mysql+pymysql"])
+def test_sql_store_down_answers_503_quickly_and_never_shows_the_password(
+        make_app: Any, scheme: str, dead_port: int, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="flask_apiguard")
+    uri = f"{scheme}://keys:pw-Secret-9@127.0.0.1:{dead_port}/test?apiguard_table=k"
+    app = key_app(make_app, APIGUARD_API_KEY_STORE=uri)  # starts: the table is made on first use
+    assert any("cannot be reached" in r.getMessage() for r in caplog.records)
+    started = time.monotonic()
+    response = call(app, "agk_" + "1" * 16 + "_" + "2" * 64)
+    assert response.status_code == 503
+    assert problem(response)["error"] == "service_unavailable"
+    assert time.monotonic() - started < 5
+    with pytest.raises(Exception, match="unavailable"):
+        store(app).list()
+    assert "pw-Secret-9" not in caplog.text and b"pw-Secret-9" not in response.data
+    store(app).close()
+
+
+@pytest.mark.parametrize(("uri", "message"), [
+    ("nosuchdb://u:pw-Secret-9@h/db", "SQLAlchemy knows no dialect 'nosuchdb'"),
+    ("postgres://u:pw-Secret-9@h/db", "unsupported store"),
+    ("postgresql+nosuchdriver://u:pw-Secret-9@h/db", "SQLAlchemy knows no dialect"),
+    ("postgresql+pg8000://u:pw-Secret-9@h/db", 'pip install "flask-apiguard[postgresql]"'),
+    ("mysql+mysqldb://u:pw-Secret-9@h/db", 'pip install "flask-apiguard[mysql]"'),
+    ("postgresql+psycopg://u:pw-Secret-9@h/db?apiguard_table=bad-name", "table name"),
+])
+def test_sql_store_config_errors_name_the_key(make_app: Any, uri: str, message: str) -> None:
+    with pytest.raises(ApiGuardConfigError, match="APIGUARD_API_KEY_STORE") as info:
+        make_app(APIGUARD_API_KEY_STORE=uri)
+    assert message in str(info.value)
+    assert "pw-Secret-9" not in str(info.value)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mysql"])
+def test_sql_store_connections_time_out_unless_the_url_says_otherwise(
+        backend: str, sql_table: Callable[[str], SqlTable]) -> None:
+    from flask_apiguard.apikeys import SqlKeyStore
+
+    def driver_connection(uri: str) -> Any:
+        keys = SqlKeyStore("agk", uri)
+        with keys.engine.connect() as connection:
+            return connection.connection.dbapi_connection
+
+    url = sql_table(backend).url
+    if backend == "postgresql":
+        assert "connect_timeout=3" in driver_connection(url).info.dsn
+        assert "connect_timeout=7" in driver_connection(url + "&connect_timeout=7").info.dsn
+    else:
+        given = driver_connection(url)
+        assert (given.connect_timeout, given._read_timeout, given._write_timeout) == (3, 5, 5)
+        given = driver_connection(url + "&read_timeout=9")
+        assert (given.connect_timeout, given._read_timeout) == (3, 9)
