@@ -188,3 +188,46 @@ def test_the_private_names_of_flask_limiter_we_rely_on_exist() -> None:
     wrapped = limiter.limit("1/second")(lambda: None)
     assert getattr(wrapped, "__wrapper-limiter-instance", None) == limiter
     assert hasattr(wrapped, "__wrapped__")
+
+
+def test_adopted_and_own_limits_cost_one_redis_round_trip(private_redis: Any) -> None:
+    # /both: the application limit and @limiter.limit (adopted) and @rate_limit (the guard's)
+    from ..test_redis_gate import _client_commands
+
+    client = create_app({"RATELIMIT_STORAGE_URI": private_redis.url}, guarded=True).test_client()
+    client.get("/limited")  # compiled, script loaded
+    commands = _client_commands(private_redis.url, lambda: client.get("/both"))
+    assert commands == ["EVALSHA"]
+
+
+def test_ratelimit_keys_map_to_the_guards(make_app: Callable[..., Flask]) -> None:
+    app = make_app(RATELIMIT_STRATEGY="moving-window", RATELIMIT_HEADERS_ENABLED=False,
+                   RATELIMIT_SWALLOW_ERRORS=True, RATELIMIT_DEFAULT="7/minute")
+    config = app.extensions["apiguard"].config
+    assert config.ratelimit_strategy == "moving-window"
+    assert config.ratelimit_headers is False
+    assert config.ratelimit_on_storage_error == "open"
+    assert config.ratelimit_default == "7/minute"
+
+
+def test_a_ratelimit_key_contradicting_its_apiguard_key_is_refused(
+        make_app: Callable[..., Flask]) -> None:
+    with pytest.raises(ApiGuardConfigError,
+                       match="APIGUARD_RATELIMIT_STRATEGY and RATELIMIT_STRATEGY"):
+        make_app(RATELIMIT_STRATEGY="moving-window",
+                 APIGUARD_RATELIMIT_STRATEGY="fixed-window")
+    make_app(RATELIMIT_STRATEGY="fixed-window", APIGUARD_RATELIMIT_STRATEGY="fixed-window")
+
+
+def test_application_limits_without_a_limiter_are_refused(make_app: Callable[..., Flask]) -> None:
+    with pytest.raises(ApiGuardConfigError, match="RATELIMIT_APPLICATION"):
+        make_app(RATELIMIT_APPLICATION="100/minute")
+
+
+def test_check_lists_ratelimit_keys_without_effect(make_app: Callable[..., Flask]) -> None:
+    from flask_apiguard.audit import findings
+
+    app = make_app(RATELIMIT_HEADER_LIMIT="X-Limit", RATELIMIT_STRATEGY="fixed-window")
+    found = [f.key for f in findings(app, app.extensions["apiguard"])
+             if f.id == "ratelimit-key-without-effect"]
+    assert found == ["RATELIMIT_HEADER_LIMIT"]
