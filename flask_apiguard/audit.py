@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
+from . import limiter_keys
 from .ratelimit.shared import redacted
 
 if TYPE_CHECKING:
@@ -261,7 +262,13 @@ def findings(app: Flask, state: GuardState) -> list[Finding]:
                         f"{why}, but APIGUARD_TRUSTED_PROXIES is 0: every client shares the "
                         "proxy's address in rate limits and logs, and HTTPS is not detected. "
                         "Set it to the number of proxies in front of the app (usually 1)."))
-    if config.ratelimit_default is None:
+    for key in limiter_keys.keys_without_effect(app.config, state.adopter is not None
+                                                or state.pending_limiter is not None):
+        add(Finding("ratelimit-key-without-effect", "low", key,
+                    f"{key} has no effect under flask-apiguard. Remove it, or set its "
+                    "APIGUARD_* equivalent (see the flask-limiter keys in docs/config.rst)."))
+    if config.ratelimit_default is None and state.adopter is None \
+            and state.pending_limiter is None:  # an adopted limiter's defaults apply
         add(Finding("no-default-limit", "medium", "APIGUARD_RATELIMIT_DEFAULT",
                     "Views without @rate_limit are unlimited. Set a default such as "
                     "'100 per 15 minutes'."))

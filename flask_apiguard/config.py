@@ -225,8 +225,13 @@ _SIMPLE: dict[str, Callable[[str, Any], Any]] = {
 }
 
 
-def load_config(config: Mapping[str, Any], instance_path: str = ".") -> GuardConfig:
+def load_config(config: Mapping[str, Any], instance_path: str = ".",
+                inherited: Mapping[str, Any] | None = None) -> GuardConfig:
     """Parse and validate every ``APIGUARD_*`` key of ``config`` (an app's ``config``).
+
+    :param inherited: values (names without ``APIGUARD_``) for keys that are not set, from
+        flask-limiter's ``RATELIMIT_*`` keys and an adopted limiter
+        (:func:`flask_apiguard.limiter_keys.inherited`).
 
     :raises ApiGuardConfigError: for an unknown key or a bad value, naming the key.
     """
@@ -236,7 +241,7 @@ def load_config(config: Mapping[str, Any], instance_path: str = ".") -> GuardCon
             close = difflib.get_close_matches(name, DEFAULTS, n=1)
             hint = f" Did you mean {PREFIX}{close[0]}?" if close else ""
             raise ApiGuardConfigError(f"{PREFIX}{name}: unknown setting.{hint}")
-    raw = {**DEFAULTS, **given}
+    raw = {**DEFAULTS, **(inherited or {}), **given}
     parsed: dict[str, Any] = {}
     for name, parse in _SIMPLE.items():
         parsed[name] = parse(name, raw[name])

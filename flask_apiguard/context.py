@@ -46,6 +46,9 @@ class RequestState:
     reserved: tuple[LimitProbe, ...] = ()
     reserved_on: Backend | None = None
     reservation: str = ""
+    #: For an adopted flask-limiter's ``deduct_when`` limits: whether each (by counter key)
+    #: counts this response, decided after the view.
+    deductions: dict[str, bool] | None = None
     #: Set once the security event of this request's response is recorded (a second
     #: ``start_response`` with ``exc_info`` must not record it again).
     logged: bool = False

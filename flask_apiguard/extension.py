@@ -23,7 +23,7 @@ from werkzeug.routing import RequestRedirect
 from werkzeug.sansio.utils import get_current_url
 from werkzeug.wrappers import Response
 
-from . import openapi, response
+from . import limiter_keys, openapi, response
 from .apikeys import ApiKeyStore, identity_of
 from .audit import warn_at_startup
 from .cli import apiguard_cli
@@ -49,12 +49,15 @@ from .identity import ANONYMOUS, Identity, holds
 from .layers import proxies
 from .layers.validation import load as load_location
 from .policy import Route, public
+from .ratelimit import adopt
+from .ratelimit.adopt import AdoptedProbe
 from .ratelimit.probes import probes
 from .response import SECURE_SCHEMES
 from .state import EXTENSION_NAME, GuardState, current_state
 
 if TYPE_CHECKING:
     from flask.wrappers import Request
+    from flask_limiter import Limiter
 
 _DEFAULT_REVOCATION_TTL = 30 * 24 * 3600
 _KNOWN_SCHEMES = frozenset({"http", "https", "ws", "wss"})
@@ -115,8 +118,10 @@ def _gone_detail(route: Route) -> str:
     return detail
 
 
-def _too_many(cls: type[ApiGuardError], retry_after: int) -> ApiGuardError:
-    return cls(headers={"Retry-After": str(retry_after)}, extra={"retry_after": retry_after})
+def _too_many(cls: type[ApiGuardError], retry_after: int,
+              detail: str | None = None) -> ApiGuardError:
+    return cls(detail, headers={"Retry-After": str(retry_after)},
+               extra={"retry_after": retry_after})
 
 
 class ApiGuard:
@@ -126,12 +131,17 @@ class ApiGuard:
     ``app.extensions["apiguard"]``, never on the instance.
     """
 
-    def __init__(self, app: Flask | None = None) -> None:
+    def __init__(self, app: Flask | None = None, *, limiter: Limiter | None = None) -> None:
+        self._limiter = limiter
         if app is not None:
-            self.init_app(app)
+            self.init_app(app, limiter=limiter)
 
-    def init_app(self, app: Flask) -> None:
+    def init_app(self, app: Flask, *, limiter: Limiter | None = None) -> None:
         """Read and validate the configuration, then install the pipeline on ``app``.
+
+        A flask-limiter ``Limiter`` initialised on ``app`` (``app.extensions["limiter"]``),
+        or ``limiter`` (which may be initialised on ``app`` after the guard), is adopted: its
+        hooks are detached and its limits enforced at step 9 (:doc:`migrating-from-flask-limiter`).
 
         Keys read (all documented in ``docs/config.rst``): ``APIGUARD_DEFAULT_DENY``,
         ``APIGUARD_PUBLIC_ENDPOINTS``, ``APIGUARD_STORAGE_URI``, ``APIGUARD_STORAGE_OPTIONS``,
@@ -156,8 +166,12 @@ class ApiGuard:
         ``APIGUARD_TRUSTED_HOSTS``, ``APIGUARD_TRUSTED_PROXIES``, ``APIGUARD_ALLOWED_METHODS``,
         ``APIGUARD_REQUEST_ID_HEADER``, ``APIGUARD_TRUST_REQUEST_ID``, ``APIGUARD_SANITIZER``,
         ``APIGUARD_SECURITY_LOG``, ``APIGUARD_ERROR_TYPE_BASE``, ``APIGUARD_SUNSET_ENFORCE``,
-        ``APIGUARD_OPENAPI_ROUTE``, ``APIGUARD_OPENAPI_INFO``; and Flask's
-        ``MAX_CONTENT_LENGTH`` (the smaller limit wins).
+        ``APIGUARD_OPENAPI_ROUTE``, ``APIGUARD_OPENAPI_INFO``; Flask's
+        ``MAX_CONTENT_LENGTH`` (the smaller limit wins); and, where no ``APIGUARD_*`` key is
+        set, flask-limiter's ``RATELIMIT_STORAGE_URI``, ``RATELIMIT_STORAGE_OPTIONS``,
+        ``RATELIMIT_STRATEGY``, ``RATELIMIT_DEFAULT``, ``RATELIMIT_ENABLED``,
+        ``RATELIMIT_HEADERS_ENABLED``, ``RATELIMIT_IN_MEMORY_FALLBACK_ENABLED`` and
+        ``RATELIMIT_SWALLOW_ERRORS`` (``docs/config.rst``).
 
         :raises ApiGuardConfigError: for a bad value, naming the key and the fix.
         :raises RuntimeError: when ``app`` already has an ApiGuard.
@@ -167,9 +181,21 @@ class ApiGuard:
                 "ApiGuard is already initialised on this app. Create one ApiGuard per app "
                 "and call init_app(app) once (an instance may serve several apps)."
             )
-        config = load_config(app.config, app.instance_path)
+        explicit = limiter if limiter is not None else self._limiter
+        found = adopt.find_limiter(app, explicit)
+        adopting = found if found is not None else explicit
+        settings = adopt.limiter_settings(adopting, app.config) \
+            if adopting is not None and adopting.enabled else None
+        config = load_config(app.config, app.instance_path,
+                             limiter_keys.inherited(app.config, settings))
         state = GuardState(app, config)
         app.extensions[EXTENSION_NAME] = state
+        if found is not None and found.enabled:
+            state.adopt(app, found)
+        elif explicit is not None and explicit.enabled:
+            state.pending_limiter = explicit
+        if settings is not None:
+            app.after_request(adopt.deductions_hook)
         if config.force_https and not app.config.get("SESSION_COOKIE_SECURE"):
             app.config["SESSION_COOKIE_SECURE"] = True
         if app.config.get("SESSION_COOKIE_SAMESITE") is None:
@@ -298,6 +324,8 @@ class ApiGuard:
             jti = None
         limits = probes(route.limits, identity, current.client, state.probe_cache) \
             if auth_error is None and refusal is None else ()
+        if route.adopted is not None and auth_error is None and refusal is None:
+            limits = (*limits, *route.adopted.probes())  # an adopted flask-limiter's
         verdict = state.shared.admit(failure, auth_error is not None, jti, limits,
                                      config.ratelimit_headers) \
             if failure or jti or limits else None
@@ -317,8 +345,10 @@ class ApiGuard:
         #    places until the response says whether it failed)
         if verdict is not None:
             current.window = verdict.window
-            if verdict.breached is not None:
-                raise _too_many(RateLimitExceeded, verdict.retry_after)
+            if (breached := verdict.breached) is not None:
+                detail = route.adopted.adopter.breached(breached) \
+                    if isinstance(breached, AdoptedProbe) and route.adopted is not None else None
+                raise _too_many(RateLimitExceeded, verdict.retry_after, detail)
             current.reserved, current.reserved_on = verdict.reserved, verdict.backend
             current.reservation = verdict.token
 

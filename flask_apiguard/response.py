@@ -246,8 +246,15 @@ def finish(state: GuardState, app: Flask, environ: dict[str, Any], slot: Request
     if taken is not None:
         reserved, backend, reservation = taken
         try:
+            if current.deductions is not None:  # an adopted limiter's deduct_when
+                decided = current.deductions
+                state.shared.settle(backend, [p for p in reserved if decided.get(p.key)],
+                                    reservation, True)
+                state.shared.settle(backend, [p for p in reserved if p.key in decided
+                                              and not decided[p.key]], reservation, False)
+                reserved = tuple(p for p in reserved if p.key not in decided)
             counted = state.shared.settle(backend, reserved, reservation, code >= 400,
-                                          config.ratelimit_headers)
+                                          config.ratelimit_headers) if reserved else []
         except Exception:
             # The response is already decided; send it with its headers. The places held
             # expire on their own (INFLIGHT_TTL_MS).

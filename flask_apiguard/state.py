@@ -8,12 +8,17 @@ instance that built it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
 from flask import Flask, current_app
 from limits import parse_many
 
 from . import seclog
 from .apikeys import ApiKeyStore, open_store
 from .config import GuardConfig
+from .errors import ApiGuardConfigError
 from .layers.body import BodyGuard
 from .layers.cors import Cors
 from .layers.headers import SecurityHeaders
@@ -21,6 +26,7 @@ from .layers.hosts import TrustedHosts
 from .layers.jwt import JwtLayer
 from .layers.requestid import RequestIds
 from .policy import Route, compile_route
+from .ratelimit.adopt import Adopter, limiter_settings, unwrap
 from .ratelimit.probes import FailureLimit, ProbeCache
 from .ratelimit.redis_client import redis_client_defaults
 from .ratelimit.shared import SharedState
@@ -77,6 +83,48 @@ class GuardState:
         #: The JSON served at ``APIGUARD_OPENAPI_ROUTE``, built at its first request (no
         #: route can be added to the app after that).
         self.openapi_document: bytes | None = None
+        #: The adopted flask-limiter ``Limiter`` (:mod:`flask_apiguard.ratelimit.adopt`), and
+        #: one given to the guard before it was initialised on the app (adopted when the
+        #: first route is compiled).
+        self.adopter: Adopter | None = None
+        self.pending_limiter: Any = None
+        #: Views whose flask-limiter wrapper was taken out of ``app.view_functions``, by
+        #: endpoint: their policy is read from the wrapper.
+        self.wrappers: dict[str, Callable[..., Any]] = {}
+
+    def adopt(self, app: Flask, limiter: Any) -> None:
+        """Adopt ``limiter`` (initialised on ``app``): detach its hooks, then enforce its
+        limits in the pipeline. Routes compiled before are compiled again."""
+        self.adopter = Adopter(app, limiter)
+        self.pending_limiter = None
+        self.routes.clear()
+
+    def _adopt_late(self) -> None:
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        limiter = self.pending_limiter
+        if limiter is not None:
+            if limiter not in (app.extensions.get("limiter") or ()):
+                if not limiter.enabled:
+                    self.pending_limiter = None
+                    return
+                raise ApiGuardConfigError(
+                    "The flask-limiter Limiter given to ApiGuard(app, limiter=...) is not "
+                    "initialised on this app: call limiter.init_app(app) at start-up."
+                )
+            settings = limiter_settings(limiter, app.config)
+            if settings["RATELIMIT_STRATEGY"] != self.config.ratelimit_strategy:
+                raise ApiGuardConfigError(
+                    f"The adopted Limiter counts with {settings['RATELIMIT_STRATEGY']!r} but "
+                    f"APIGUARD_RATELIMIT_STRATEGY is {self.config.ratelimit_strategy!r}: set "
+                    "one strategy for both (RATELIMIT_STRATEGY or APIGUARD_RATELIMIT_STRATEGY)."
+                )
+            self.adopt(app, limiter)
+        elif app.extensions.get("limiter"):
+            raise ApiGuardConfigError(
+                "A flask-limiter Limiter was initialised on this app after ApiGuard: pass it "
+                "as ApiGuard(app, limiter=limiter), or initialise it before the guard, so "
+                "that the guard adopts it."
+            )
 
     def note_forwarded(self) -> None:
         """Warn once that a proxy seems to be in front while APIGUARD_TRUSTED_PROXIES is 0."""
@@ -96,9 +144,27 @@ class GuardState:
         route = self.routes.get(key)
         view = self.view_functions[endpoint]
         if route is None or route.view is not view:
+            if not self.routes and (self.pending_limiter is not None or self.adopter is None):
+                self._adopt_late()  # the first route compiled: a limiter initialised since
             arguments = (a for rule in self.url_map.iter_rules(endpoint) for a in rule.arguments)
-            route = self.routes[key] = compile_route(endpoint, method, view, self.config,
-                                                     arguments)
+            adopter = self.adopter
+            if adopter is None:
+                route = compile_route(endpoint, method, view, self.config, arguments)
+            else:
+                inner = unwrap(view, adopter.limiter)
+                if inner is not view:  # its wrapper would check the limits a second time
+                    self.wrappers[endpoint] = view
+                    self.view_functions[endpoint] = inner
+                declaring = self.wrappers.get(endpoint, inner) \
+                    if unwrap(self.wrappers.get(endpoint, inner), adopter.limiter) is inner \
+                    else inner
+                route = replace(
+                    compile_route(endpoint, method, declaring, self.config, arguments),
+                    view=inner,
+                    adopted=adopter.compile(current_app._get_current_object(),  # type: ignore[attr-defined]
+                                            endpoint, method),
+                )
+            self.routes[key] = route
         return route
 
 

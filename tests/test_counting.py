@@ -59,6 +59,7 @@ def test_counter_matches_limits_strategies(clock: Clock, strategy: str, seed: in
     # ran at different steps of the fake clock and an empty moving window read differently
     # (limits reports a stale entry's time until it is swept). Sweeping is tested on its own.
     reference_storage._MemoryStorage__schedule_expiry = lambda: None  # type: ignore[attr-defined]
+    reference_storage.timer.cancel()  # the sweep its constructor starts, 10 ms from now
     ours.storage._next_sweep = math.inf
     try:
         for step in range(300):

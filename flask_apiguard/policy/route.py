@@ -18,6 +18,7 @@ from .declared import (
 
 if TYPE_CHECKING:
     from ..config import GuardConfig
+    from ..ratelimit.adopt import AdoptedRoute
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -44,6 +45,8 @@ class Route:
     deprecation: Deprecation | None = None
     deprecation_headers: tuple[tuple[str, str], ...] = ()
     gone_at: float | None = None
+    #: The limits of an adopted flask-limiter ``Limiter`` (``None`` when it has none here).
+    adopted: AdoptedRoute | None = None
 
 
 #: The order ``@validate`` locations are loaded in (the cheapest first, the body last).

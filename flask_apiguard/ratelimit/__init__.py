@@ -17,7 +17,9 @@ Modules, from what a request uses to where it is counted:
   script composed from limits' own);
 - :mod:`~flask_apiguard.ratelimit.redis_client`: Redis client options and key names;
 - :mod:`~flask_apiguard.ratelimit.shared`: :class:`SharedState`, which picks the backend for
-  the configured storage and applies the fault policy.
+  the configured storage and applies the fault policy;
+- :mod:`~flask_apiguard.ratelimit.adopt`: an adopted flask-limiter ``Limiter``, its limits
+  resolved per (endpoint, method) and counted with the rest.
 
 Private names of :mod:`limits` used, because no public way exists (each pinned by
 ``tests/test_counting.py::test_the_private_names_of_limits_we_rely_on_exist``; the
@@ -30,6 +32,23 @@ dependency is bounded above in ``setup.cfg``):
   window's two Redis keys, for the gate to pass as ``KEYS``);
 - ``limits.util.get_package_data`` and the Lua files under ``resources/redis/lua_scripts``
   (the gate runs limits' own scripts).
+
+Private names of :mod:`flask_limiter` used by :mod:`~flask_apiguard.ratelimit.adopt`, because
+no public way exists (each pinned by
+``tests/adoption/test_adoption.py::test_the_private_names_of_flask_limiter_we_rely_on_exist``;
+flask-limiter is bounded ``<5`` in ``setup.cfg``):
+
+- ``Limiter._check_request_limit``, ``Limiter._Limiter__inject_headers`` and
+  ``Limiter._Limiter__release_context`` (its hooks, to detach them);
+- the ``"__wrapper-limiter-instance"`` mark and ``__wrapped__`` of its view wrappers;
+- ``Limiter._request_filters``, ``_key_prefix``, ``_marked_for_limiting``, ``_on_breach``
+  (filters, key prefix, which views it decorates, the limiter-wide breach callback);
+- ``Limiter._meta_limits``, ``_in_memory_fallback`` (refused when set),
+  ``_storage_uri``, ``_storage_options``, ``_strategy`` (where it counts, so the guard counts
+  there too);
+- ``flask_limiter._manager.LimitManager`` (``limiter.limit_manager``):
+  ``resolve_limits`` and its ``_application_limits``, ``_default_limits``,
+  ``_decorated_limits``, ``_blueprint_limits`` (to find limits given as callables).
 """
 
 from .probes import LimitProbe
