@@ -10,6 +10,7 @@ the per-request state :mod:`flask_apiguard.context`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Iterable
@@ -43,19 +44,21 @@ from .errors import (
     TokenRevoked,
     TooManyAuthFailures,
     Unauthorized,
+    internal_error,
     problem_response,
 )
 from .identity import ANONYMOUS, Identity, holds
 from .layers import proxies
 from .layers.validation import load as load_location
 from .policy import Route, public
-from .ratelimit.probes import probes
+from .ratelimit.probes import LimitError, LimitProbe, probes
 from .response import SECURE_SCHEMES
 from .state import EXTENSION_NAME, GuardState, current_state
 
 if TYPE_CHECKING:
     from flask.wrappers import Request
 
+_log = logging.getLogger("flask_apiguard")
 _DEFAULT_REVOCATION_TTL = 30 * 24 * 3600
 _KNOWN_SCHEMES = frozenset({"http", "https", "ws", "wss"})
 
@@ -145,6 +148,7 @@ class ApiGuard:
         ``APIGUARD_API_KEY_PREFIX``, ``APIGUARD_AUTH_FAILURE_LIMIT``,
         ``APIGUARD_RATELIMIT_DEFAULT``, ``APIGUARD_RATELIMIT_STRATEGY``,
         ``APIGUARD_RATELIMIT_HEADERS``, ``APIGUARD_RATELIMIT_ON_STORAGE_ERROR``,
+        ``APIGUARD_RATELIMIT_EXEMPT_NETWORKS``, ``APIGUARD_IP_DENYLIST``,
         ``APIGUARD_CORS_ORIGINS``, ``APIGUARD_CORS_METHODS``, ``APIGUARD_CORS_HEADERS``,
         ``APIGUARD_CORS_EXPOSE_HEADERS``, ``APIGUARD_CORS_CREDENTIALS``,
         ``APIGUARD_CORS_MAX_AGE``, ``APIGUARD_FORCE_HTTPS``, ``APIGUARD_HSTS``,
@@ -217,7 +221,11 @@ class ApiGuard:
         config = state.config
         environ = req.environ
         method = req.method
-        current.client = proxies.client_key(req.remote_addr)
+        address = req.remote_addr  # the trusted-proxy client address, as every layer sees it
+        current.client = proxies.client_key(address)
+        # the IP denylist: refused before anything else looks at the request
+        if config.ip_denylist is not None and address in config.ip_denylist:
+            raise Forbidden("Requests from your network are not accepted.")
         if not state.saw_forwarded and not config.trusted_proxies \
                 and "HTTP_X_FORWARDED_FOR" in environ:
             state.note_forwarded()
@@ -250,6 +258,9 @@ class ApiGuard:
             raise self._routing_error(req.routing_exception)
         assert req.url_rule is not None and req.url_rule.endpoint is not None
         route = current.route = state.route(req.url_rule.endpoint, method)
+        # @allow_networks: the view exists only for its networks, before any credential is read
+        if route.networks is not None and address not in route.networks:
+            raise Forbidden("This endpoint cannot be reached from your network.")
         # 5. CORS preflight, answered here; OPTIONS is never authenticated nor counted
         if method == "OPTIONS":
             if state.cors is not None and "HTTP_ORIGIN" in environ \
@@ -296,11 +307,16 @@ class ApiGuard:
         failure = state.failure_limit.probes(current.client) if presented else ()
         if jti is None or not config.jwt_revocation:
             jti = None
-        limits = probes(route.limits, identity, current.client, state.probe_cache) \
-            if auth_error is None and refusal is None else ()
+        limits: tuple[LimitProbe, ...] = ()
+        places: tuple[LimitProbe, ...] = ()
+        if auth_error is None and refusal is None:
+            if route.plain_limits:  # no limit=/exempt_when= callable, places, exempt networks
+                limits = probes(route.limits, identity, current.client, state.probe_cache)
+            else:
+                limits, places = self._limits(state, route, identity, current.client, address)
         verdict = state.shared.admit(failure, auth_error is not None, jti, limits,
-                                     config.ratelimit_headers) \
-            if failure or jti or limits else None
+                                     config.ratelimit_headers, places) \
+            if failure or jti or limits or places else None
         # 7. answered: a throttled client, then a refused or revoked credential
         if verdict is not None and verdict.throttled:
             current.identity = ANONYMOUS
@@ -319,6 +335,8 @@ class ApiGuard:
             current.window = verdict.window
             if verdict.breached is not None:
                 raise _too_many(RateLimitExceeded, verdict.retry_after)
+            if verdict.busy:  # @concurrency_limit
+                raise _too_many(RateLimitExceeded, 1)
             current.reserved, current.reserved_on = verdict.reserved, verdict.backend
             current.reservation = verdict.token
 
@@ -333,6 +351,29 @@ class ApiGuard:
             req.view_args = view_args
         # 11. the view
         return None
+
+    @staticmethod
+    def _limits(state: GuardState, route: Route, identity: Identity, client: str,
+                address: str | None) -> tuple[tuple[LimitProbe, ...], tuple[LimitProbe, ...]]:
+        """Step 9's probes, and its ``@concurrency_limit`` places: none for a client of
+        ``APIGUARD_RATELIMIT_EXEMPT_NETWORKS``; the route's own limits, or those its
+        ``limit=``/``exempt_when=`` callables choose."""
+        exempt = state.config.ratelimit_exempt_networks
+        if exempt is not None and address in exempt:
+            return (), ()
+        places = probes(route.concurrency, identity, client, state.probe_cache) \
+            if route.concurrency else ()
+        compiled = route.limits
+        if route.limit_sources is not None:
+            try:
+                compiled = state.limit_cache.resolve(route.limit_sources)
+            except LimitError:
+                # never an unlimited request: the view's limits are unknown, so it is refused
+                _log.exception("flask-apiguard: the rate limits of %s could not be decided",
+                               route.endpoint)
+                raise internal_error() from None
+        return (probes(compiled, identity, client, state.probe_cache) if compiled else (),
+                places)
 
     @staticmethod
     def _allowed_for(req: Request, allowed: Iterable[str]) -> list[str]:

@@ -314,3 +314,29 @@ def test_loads_refuses_a_corrupt_file_with_a_sentence(text: str, message: str) -
         loads(text, "apiguard.lock")
     assert str(info.value).startswith("apiguard.lock ")
     assert "--update" in str(info.value)
+
+
+# -- @allow_networks ----------------------------------------------------------------------------
+
+def test_lifting_allow_networks_loosens() -> None:
+    assert loosened(diff(route(networks=["10.8.0.0/16"]), route(networks=None))) == [
+        "no longer restricted to networks 10.8.0.0/16"]
+    # a row of a lock written before the field existed is unrestricted
+    assert diff(route(), route(networks=None)) == []
+
+
+def test_adding_allow_networks_tightens() -> None:
+    assert tightened(diff(route(), route(networks=["10.8.0.0/16"]))) == [
+        "now restricted to networks 10.8.0.0/16"]
+
+
+def test_a_wider_network_list_loosens_and_a_narrower_one_tightens() -> None:
+    narrow, wide = route(networks=["10.8.0.0/16"]), route(networks=["10.8.0.0/16", "0.0.0.0/0"])
+    assert loosened(diff(narrow, wide)) == ["now also reachable from 0.0.0.0/0"]
+    assert tightened(diff(wide, narrow)) == ["no longer reachable from 0.0.0.0/0"]
+
+
+def test_losing_a_concurrency_limit_loosens() -> None:
+    held, free = route(concurrency=["2 in flight (key=ip)"]), route(concurrency=[])
+    assert loosened(diff(held, free)) == ["no longer limits concurrency to 2 in flight (key=ip)"]
+    assert tightened(diff(free, held)) == ["now limits concurrency to 2 in flight (key=ip)"]

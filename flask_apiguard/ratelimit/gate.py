@@ -9,7 +9,9 @@ run them in the pipeline's order:
 3. if the token's ``jti`` is on the denylist, count a failure and stop (revoked);
 4. with several limits, test them all first: a request one limit refuses uses up none of the
    others; then consume each (or only test it, for ``count="failures"``) and read each window
-   for the ``RateLimit-*`` headers.
+   for the ``RateLimit-*`` headers. ``@concurrency_limit`` places are tested before any limit
+   is used up (a full one refuses the request, code 5) and taken, with the ``count="failures"``
+   places, only once every limit admitted it.
 
 Keys are named exactly as limits' Redis storage names them, so the counters are the same ones
 limits' strategies read (``tests/test_redis_gate.py`` checks both ways). The script touches
@@ -45,11 +47,11 @@ _SCRIPTS = {
 
 _MAIN = r"""
 -- ARGV[1], space-separated (one argument is cheaper to send than twenty): now, nfail,
--- auth_failed, has_jti, nlimits, want_window, token, then 4 per probe (amount, expiry,
--- cost, hit).
+-- auth_failed, has_jti, nlimits, want_window, token, nconc, then 4 per probe (amount,
+-- expiry, cost, hit), then 2 per @concurrency_limit (amount, cost).
 -- KEYS: the probes' keys in order, the revocation key when has_jti, then one in-flight key
--- per count="failures" probe (hit = 0), in the order of the limit probes; those requests
--- hold a place until they settle.
+-- per count="failures" probe (hit = 0), in the order of the limit probes, then one per
+-- @concurrency_limit; those requests hold a place until they settle.
 -- The answer is one space-separated string: code, probe index, then the windows' figures.
 local ARGS = {}
 for token in string.gmatch(ARGV[1], "%S+") do
@@ -72,8 +74,9 @@ local has_jti = ARGV[4] == "1"
 local nlimits = tonumber(ARGV[5])
 local want_window = ARGV[6] == "1"
 local token = ARGV[7]
+local nconc = tonumber(ARGV[8])
 local k = 1
-local a = 8
+local a = 9
 local fail_probes = {}
 for i = 1, nfail do
   fail_probes[i] = {k, tonumber(ARGV[a]), tonumber(ARGV[a + 1])}
@@ -87,6 +90,11 @@ for i = 1, nlimits do
   k = k + KPP
   a = a + 4
 end
+local conc_probes = {}
+for i = 1, nconc do
+  conc_probes[i] = {tonumber(ARGV[a]), tonumber(ARGV[a + 1])}
+  a = a + 2
+end
 local revoked_key = KEYS[k]
 if has_jti then
   k = k + 1
@@ -97,6 +105,10 @@ for i = 1, nlimits do
     p[6] = KEYS[k]
     k = k + 1
   end
+end
+for i = 1, nconc do
+  conc_probes[i][3] = KEYS[k]
+  k = k + 1
 end
 local now_ms = math.floor(now * 1000)
 local function cost_of(i, p)
@@ -138,6 +150,15 @@ if has_jti and redis.call('exists', revoked_key) == 1 then
     hit(p[1], p[2], p[3], 1, now)
   end
   return answer(3, 0, {})
+end
+-- @concurrency_limit: room for this request among the places in flight (tested before any
+-- limit is used up; taken, with the others, once every limit admitted the request)
+for i = 1, nconc do
+  local c = conc_probes[i]
+  redis.call('zremrangebyscore', c[3], '-inf', now_ms)
+  if redis.call('zcard', c[3]) + c[2] > c[1] then
+    return answer(5, i, {})
+  end
 end
 local function refused(i)
   local all = {}
@@ -181,6 +202,13 @@ for i = 1, nlimits do
     end
     redis.call('pexpire', ikey, INFLIGHT_TTL_MS)
   end
+end
+for i = 1, nconc do
+  local c = conc_probes[i]
+  for n = 1, c[2] do
+    redis.call('zadd', c[3], now_ms + INFLIGHT_TTL_MS, token .. ':' .. n)
+  end
+  redis.call('pexpire', c[3], INFLIGHT_TTL_MS)
 end
 return answer(0, 0, windows)
 """
@@ -302,20 +330,23 @@ class RedisScriptBackend(Backend):
         return WindowState(amount, max(0, amount - count), reset_in, probe.key)
 
     def admit(self, failure: Sequence[LimitProbe], auth_failed: bool, jti: str | None,
-              limits: Sequence[LimitProbe], want_window: bool) -> Verdict:
+              limits: Sequence[LimitProbe], want_window: bool,
+              concurrency: Sequence[LimitProbe] = ()) -> Verdict:
         now = time.time()
         keys: list[str] = []
-        reserved = tuple(p for p in limits if not p.hit)
+        reserved = tuple(p for p in limits if not p.hit) + tuple(concurrency)
         token = reservation_token() if reserved else "-"
         args: list[str] = [repr(now), str(len(failure)), "1" if auth_failed else "0",
                            "0" if jti is None else "1", str(len(limits)), "1" if want_window else "0",
-                           token]
+                           token, str(len(concurrency))]
         for probe in failure:
             keys.extend(self._keys(probe))
             args.append(f"{probe.item.amount} {probe.expiry} 1 1")
         for probe in limits:
             keys.extend(self._keys(probe))
             args.append(f"{probe.item.amount} {probe.expiry} {probe.cost} {int(probe.hit)}")
+        for probe in concurrency:
+            args.append(f"{probe.item.amount} {probe.cost}")
         if jti is not None:
             keys.append(self._revoked_prefix + jti)
         if reserved:
@@ -338,6 +369,8 @@ class RedisScriptBackend(Backend):
             return Verdict(revoked=True)
         if code == 4:
             return refusal(limits[index - 1], states(limits))
+        if code == 5:
+            return Verdict(busy=True, retry_after=1)
         best: WindowState | None = None
         for _, state in states(limits) if want_window else ():
             if best is None or (state.remaining, state.reset_in) < (best.remaining, best.reset_in):
