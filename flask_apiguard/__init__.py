@@ -9,6 +9,8 @@ from .errors import ApiGuardConfigError, ApiGuardError
 from .extension import ApiGuard
 from .identity import Identity
 from .policy import (
+    allow_networks,
+    concurrency_limit,
     deprecated,
     public,
     rate_limit,
@@ -28,6 +30,8 @@ __all__ = [
     "ApiGuardError",
     "ApiKey",
     "Identity",
+    "allow_networks",
+    "concurrency_limit",
     "current_identity",
     "deprecated",
     "fields",

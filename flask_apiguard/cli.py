@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from .audit import as_json, findings
 from .errors import ServiceUnavailable
 from .lockfile import Change, Lock, LockfileError, compare, dumps, loads
 from .policy import Route
+from .ratelimit.probes import CompiledLimit
 from .state import guard_state
 
 apiguard_cli = AppGroup("apiguard", help="Audit and manage flask-apiguard.")
@@ -35,13 +37,44 @@ def _key_name(key: str | Callable[[], str]) -> str:
     return str(name) if name else type(key).__qualname__
 
 
+@dataclass(frozen=True, slots=True)
+class _Shown:
+    """A limit as the rows show it when it is decided per request."""
+
+    item: Any
+    limit: Any
+    key: Any
+    failures_only: bool
+    counter: str
+    cost: int
+    exempt_when: Any
+
+
+def _sources(route: Route) -> list[CompiledLimit | _Shown]:
+    """The limits of a route with ``limit=``/``exempt_when=`` callables, as declared."""
+    assert route.limit_sources is not None
+    out: list[CompiledLimit | _Shown] = []
+    for source in route.limit_sources:
+        items = source.compiled or (None,)
+        for compiled in items:
+            out.append(_Shown(compiled.item if compiled is not None else None, source.limit,
+                              source.key, source.failures_only, source.counter, source.cost,
+                              source.exempt_when))
+    return out
+
+
+def _concurrency_text(limit: CompiledLimit) -> str:
+    key = _key_name(limit.key)
+    return f"{limit.item.amount} in flight" + (f" (key={key})" if key != "auto" else "")
+
+
 def _describe(route: Route) -> dict[str, Any]:
     declared = route.declared
     auth = [m for m in ("jwt", "api_key") if getattr(route, m)]
     roles = sorted({name for names, _ in route.role_rules for name in names})
     scopes = sorted({name for names in route.scope_rules for name in names} | route.api_key_scopes)
     limits = []
-    for limit in route.limits:
+    for limit in route.limits if route.limit_sources is None else _sources(route):
         notes = []
         key = _key_name(limit.key)
         if key != "auto":
@@ -52,7 +85,12 @@ def _describe(route: Route) -> dict[str, Any]:
             notes.append(f"scope={limit.counter[6:]}")
         if limit.cost != 1:
             notes.append(f"cost={limit.cost}")
-        limits.append(str(limit.item) + (f" ({', '.join(notes)})" if notes else ""))
+        exempt_when = getattr(limit, "exempt_when", None)
+        if exempt_when is not None:
+            notes.append(f"exempt_when={_key_name(exempt_when)}")
+        text = str(limit.item) if limit.item is not None \
+            else _key_name(getattr(limit, "limit", None) or "?")
+        limits.append(text + (f" ({', '.join(notes)})" if notes else ""))
     return {
         "public": route.public,
         "optional": declared.optional and not route.public and not route.required,
@@ -66,6 +104,8 @@ def _describe(route: Route) -> dict[str, Any]:
         "api_key_scopes": sorted(route.api_key_scopes),
         "rate_limits": limits,
         "validate": [spec.location for spec in route.validations],
+        "networks": route.networks.texts() if route.networks is not None else None,
+        "concurrency": [_concurrency_text(limit) for limit in route.concurrency],
         "deprecated": route.deprecation is not None,
         "sunset": _iso(route.deprecation.sunset) if route.deprecation is not None else None,
     }
@@ -130,6 +170,8 @@ def _access(row: dict[str, Any]) -> str:
         text += " roles=" + ",".join(row["roles"])
     if row["scopes"]:
         text += " scopes=" + ",".join(row["scopes"])
+    if row.get("networks") is not None:
+        text += " from=" + (",".join(row["networks"]) or "nowhere")
     return text
 
 
@@ -234,7 +276,8 @@ def routes_command(as_json_output: bool, fail_on_unprotected: bool, baseline: Pa
         click.echo(_table(
             ("RULE", "METHODS", "ENDPOINT", "ACCESS", "RATE LIMITS", "VALIDATE"),
             [(r["rule"], ",".join(r["methods"]), r["endpoint"] + _marker(r), _access(r),
-              "; ".join(r["rate_limits"]) or "-", ",".join(r["validate"]) or "-") for r in rows],
+              "; ".join([*r["rate_limits"], *r.get("concurrency", ())]) or "-",
+              ",".join(r["validate"]) or "-") for r in rows],
         ))
     unprotected = [r for r in rows if r["unprotected"]]
     if unprotected and fail_on_unprotected:

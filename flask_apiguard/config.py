@@ -16,6 +16,7 @@ from typing import Any
 
 from . import readers as read
 from .errors import ApiGuardConfigError
+from .networks import NetworkSet
 from .readers import HMAC_ALGORITHMS, PREFIX
 
 #: Every key with its default. The order is the order of ``docs/config.rst``.
@@ -49,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "RATELIMIT_STRATEGY": "sliding-window-counter",
     "RATELIMIT_HEADERS": True,
     "RATELIMIT_ON_STORAGE_ERROR": "fallback",
+    "RATELIMIT_EXEMPT_NETWORKS": [],
     "CORS_ORIGINS": [],
     "CORS_METHODS": ["GET", "POST", "PUT", "PATCH", "DELETE"],
     "CORS_HEADERS": ["Content-Type", "Authorization"],
@@ -81,6 +83,7 @@ DEFAULTS: dict[str, Any] = {
     "DUPLICATE_PARAMS": "reject",
     "TRUSTED_HOSTS": None,
     "TRUSTED_PROXIES": 0,
+    "IP_DENYLIST": [],
     "ALLOWED_METHODS": ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
     "REQUEST_ID_HEADER": "X-Request-ID",
     "TRUST_REQUEST_ID": False,
@@ -127,6 +130,8 @@ class GuardConfig:
     ratelimit_strategy: str
     ratelimit_headers: bool
     ratelimit_on_storage_error: str
+    #: ``None`` when empty (one attribute check on the hot path).
+    ratelimit_exempt_networks: NetworkSet | None
     cors_origins: tuple[str, ...]
     cors_methods: tuple[str, ...]
     cors_headers: tuple[str, ...]
@@ -149,6 +154,8 @@ class GuardConfig:
     duplicate_params: str
     trusted_hosts: tuple[str, ...] | None
     trusted_proxies: int
+    #: ``None`` when empty (one attribute check on the hot path).
+    ip_denylist: NetworkSet | None
     allowed_methods: frozenset[str]
     request_id_header: str
     trust_request_id: bool
@@ -191,6 +198,7 @@ _SIMPLE: dict[str, Callable[[str, Any], Any]] = {
     "RATELIMIT_DEFAULT": read.limit,
     "RATELIMIT_HEADERS": read.boolean,
     "RATELIMIT_ON_STORAGE_ERROR": lambda k, v: read.choice(k, v, ("fallback", "open", "closed")),
+    "RATELIMIT_EXEMPT_NETWORKS": read.networks,
     "CORS_ORIGINS": read.cors_origins,
     "CORS_METHODS": read.methods,
     "CORS_HEADERS": read.header_names,
@@ -213,6 +221,7 @@ _SIMPLE: dict[str, Callable[[str, Any], Any]] = {
     "DUPLICATE_PARAMS": lambda k, v: read.choice(k, v, ("reject", "first", "last", "allow")),
     "TRUSTED_HOSTS": read.trusted_hosts,
     "TRUSTED_PROXIES": lambda k, v: read.integer(k, v, minimum=0),
+    "IP_DENYLIST": read.networks,
     "ALLOWED_METHODS": lambda k, v: frozenset(read.methods(k, v)),
     "REQUEST_ID_HEADER": read.header_name,
     "TRUST_REQUEST_ID": read.boolean,

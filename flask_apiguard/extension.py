@@ -51,7 +51,8 @@ from .layers.validation import load as load_location
 from .policy import Route, public
 from .ratelimit import adopt
 from .ratelimit.adopt import AdoptedProbe
-from .ratelimit.probes import probes
+from .ratelimit.probes import LimitProbe, probes
+from .ratelimit.select import exempt, route_probes
 from .response import SECURE_SCHEMES
 from .state import EXTENSION_NAME, GuardState, current_state
 
@@ -155,6 +156,7 @@ class ApiGuard:
         ``APIGUARD_API_KEY_PREFIX``, ``APIGUARD_AUTH_FAILURE_LIMIT``,
         ``APIGUARD_RATELIMIT_DEFAULT``, ``APIGUARD_RATELIMIT_STRATEGY``,
         ``APIGUARD_RATELIMIT_HEADERS``, ``APIGUARD_RATELIMIT_ON_STORAGE_ERROR``,
+        ``APIGUARD_RATELIMIT_EXEMPT_NETWORKS``, ``APIGUARD_IP_DENYLIST``,
         ``APIGUARD_CORS_ORIGINS``, ``APIGUARD_CORS_METHODS``, ``APIGUARD_CORS_HEADERS``,
         ``APIGUARD_CORS_EXPOSE_HEADERS``, ``APIGUARD_CORS_CREDENTIALS``,
         ``APIGUARD_CORS_MAX_AGE``, ``APIGUARD_FORCE_HTTPS``, ``APIGUARD_HSTS``,
@@ -243,7 +245,11 @@ class ApiGuard:
         config = state.config
         environ = req.environ
         method = req.method
-        current.client = proxies.client_key(req.remote_addr)
+        address = req.remote_addr  # the trusted-proxy client address, as every layer sees it
+        current.client = proxies.client_key(address)
+        # the IP denylist: refused before anything else looks at the request
+        if config.ip_denylist is not None and address in config.ip_denylist:
+            raise Forbidden("Requests from your network are not accepted.")
         if not state.saw_forwarded and not config.trusted_proxies \
                 and "HTTP_X_FORWARDED_FOR" in environ:
             state.note_forwarded()
@@ -276,6 +282,9 @@ class ApiGuard:
             raise self._routing_error(req.routing_exception)
         assert req.url_rule is not None and req.url_rule.endpoint is not None
         route = current.route = state.route(req.url_rule.endpoint, method)
+        # @allow_networks: the view exists only for its networks, before any credential is read
+        if route.networks is not None and address not in route.networks:
+            raise Forbidden("This endpoint cannot be reached from your network.")
         # 5. CORS preflight, answered here; OPTIONS is never authenticated nor counted
         if method == "OPTIONS":
             if state.cors is not None and "HTTP_ORIGIN" in environ \
@@ -322,13 +331,18 @@ class ApiGuard:
         failure = state.failure_limit.probes(current.client) if presented else ()
         if jti is None or not config.jwt_revocation:
             jti = None
-        limits = probes(route.limits, identity, current.client, state.probe_cache) \
-            if auth_error is None and refusal is None else ()
-        if route.adopted is not None and auth_error is None and refusal is None:
-            limits = (*limits, *route.adopted.probes())  # an adopted flask-limiter's
+        limits: tuple[LimitProbe, ...] = ()
+        places: tuple[LimitProbe, ...] = ()
+        if auth_error is None and refusal is None:
+            if route.plain_limits:  # no limit=/exempt_when= callable, places, exempt networks
+                limits = probes(route.limits, identity, current.client, state.probe_cache)
+            else:
+                limits, places = route_probes(state, route, identity, current.client, address)
+            if route.adopted is not None and (route.plain_limits or not exempt(state, address)):
+                limits = (*limits, *route.adopted.probes())  # an adopted flask-limiter's
         verdict = state.shared.admit(failure, auth_error is not None, jti, limits,
-                                     config.ratelimit_headers) \
-            if failure or jti or limits else None
+                                     config.ratelimit_headers, places) \
+            if failure or jti or limits or places else None
         # 7. answered: a throttled client, then a refused or revoked credential
         if verdict is not None and verdict.throttled:
             current.identity = ANONYMOUS
@@ -349,6 +363,8 @@ class ApiGuard:
                 detail = route.adopted.adopter.breached(breached) \
                     if isinstance(breached, AdoptedProbe) and route.adopted is not None else None
                 raise _too_many(RateLimitExceeded, verdict.retry_after, detail)
+            if verdict.busy:  # @concurrency_limit
+                raise _too_many(RateLimitExceeded, 1)
             current.reserved, current.reserved_on = verdict.reserved, verdict.backend
             current.reservation = verdict.token
 

@@ -280,11 +280,30 @@ def _compare_row(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[s
     out += _compare_roles(_role_rules(old), _role_rules(new))
     out += _compare_scopes(old, new)
     out += _compare_limits(old.get("rate_limits") or [], new.get("rate_limits") or [])
+    out += _compare_networks(old.get("networks"), new.get("networks"))
+    lost_places = sorted(set(old.get("concurrency") or ()) - set(new.get("concurrency") or ()))
+    new_places = sorted(set(new.get("concurrency") or ()) - set(old.get("concurrency") or ()))
+    out += [("loosened", f"no longer limits concurrency to {text}") for text in lost_places]
+    out += [("tightened", f"now limits concurrency to {text}") for text in new_places]
     lost = [loc for loc in old.get("validate") or () if loc not in (new.get("validate") or ())]
     gained = [loc for loc in new.get("validate") or () if loc not in (old.get("validate") or ())]
     out += [("loosened", f"no longer validates {loc}") for loc in lost]
     out += [("tightened", f"now validates {loc}") for loc in gained]
     return out
+
+
+def _compare_networks(old: list[str] | None, new: list[str] | None) -> list[tuple[str, str]]:
+    """``@allow_networks``: lifted loosens, added tightens, changed is reviewed."""
+    if old == new:
+        return []
+    if new is None:
+        return [("loosened", "no longer restricted to networks " + ", ".join(old or ()))]
+    if old is None:
+        return [("tightened", "now restricted to networks " + ", ".join(new))]
+    gained = sorted(set(new) - set(old))
+    if gained:
+        return [("loosened", "now also reachable from " + ", ".join(gained))]
+    return [("tightened", "no longer reachable from " + ", ".join(sorted(set(old) - set(new))))]
 
 
 def _compare_access(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ApiGuardConfigError
+from .networks import NetworkSet, parse_networks
 
 PREFIX = "APIGUARD_"
 
@@ -139,6 +140,17 @@ def check_limit_string(value: str, where: str) -> None:
 
 
 # -- the parsers of individual keys --------------------------------------------------------
+
+def networks(key: str, value: Any) -> NetworkSet | None:
+    """A list of CIDRs (or addresses), compiled for lookups; ``None`` when empty."""
+    if value is None:
+        return None
+    try:
+        found = parse_networks(value, f"{PREFIX}{key}")
+    except ValueError as exc:
+        raise ApiGuardConfigError(str(exc)) from None
+    return NetworkSet(found) if found else None
+
 
 def storage_uri(key: str, value: Any) -> str:
     uri = string(key, value)

@@ -27,7 +27,7 @@ from .layers.jwt import JwtLayer
 from .layers.requestid import RequestIds
 from .policy import Route, compile_route
 from .ratelimit.adopt import Adopter, limiter_settings, unwrap
-from .ratelimit.probes import FailureLimit, ProbeCache
+from .ratelimit.probes import FailureLimit, LimitCache, ProbeCache
 from .ratelimit.redis_client import redis_client_defaults
 from .ratelimit.shared import SharedState
 
@@ -69,6 +69,8 @@ class GuardState:
         )
         #: Every route's probes by its limits and bucket names (one bound for the app).
         self.probe_cache = ProbeCache()
+        #: The limits of ``limit=`` callables, parsed once per string they return.
+        self.limit_cache = LimitCache()
         self.failure_limit = FailureLimit(
             tuple(parse_many(config.auth_failure_limit)) if config.auth_failure_limit else ()
         )

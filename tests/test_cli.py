@@ -18,6 +18,8 @@ from marshmallow import fields
 
 from flask_apiguard import (
     ApiGuard,
+    allow_networks,
+    concurrency_limit,
     current_identity,
     public,
     rate_limit,
@@ -216,6 +218,46 @@ def test_routes_json_fields(tmp_path: Any) -> None:
     assert plain["public"] is False and plain["required"] is True
     assert sorted(plain["auth"]) == ["api_key", "jwt"]
     assert all(item["cors"] is False for item in rows)
+
+
+def plan_limit() -> str:
+    return "10/minute"
+
+
+def is_internal() -> bool:
+    return False
+
+
+def business_app(tmp_path: Any) -> Flask:
+    app = bare_app(tmp_path)
+
+    @app.get("/admin/jobs")
+    @allow_networks("10.8.0.0/16", "fd00::/8")
+    @concurrency_limit(3, key="ip")
+    @rate_limit(limit=plan_limit, key="user", exempt_when=is_internal)
+    @rate_limit("5/second", exempt_when=is_internal)
+    def jobs() -> Any:
+        return {"jobs": []}
+
+    ApiGuard(app)
+    return app
+
+
+def test_routes_show_networks_concurrency_and_business_limits(tmp_path: Any) -> None:
+    app = business_app(tmp_path)
+    jobs = row(rows_of(app), "/admin/jobs")
+    assert jobs["networks"] == ["10.8.0.0/16", "fd00::/8"]
+    assert jobs["rate_limits"] == [  # in the order they were recorded (bottom up)
+        "5 per 1 second (exempt_when=is_internal)",
+        "plan_limit (key=user, exempt_when=is_internal)",
+    ]
+    assert jobs["concurrency"] == ["3 in flight (key=ip)"]
+    static = row(rows_of(app), "/static/<path:filename>")
+    assert static["networks"] is None and static["concurrency"] == []
+    table = run(app, "routes").stdout
+    assert "3 in flight (key=ip)" in table
+    assert "from=10.8.0.0/16,fd00::/8" in table
+    assert "plan_limit (key=user, exempt_when=is_internal)" in table
 
 
 def test_routes_show_cors_when_origins_are_configured(tmp_path: Any) -> None:

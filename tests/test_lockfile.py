@@ -331,3 +331,29 @@ def test_loads_refuses_a_row_field_of_the_wrong_type(field: str, value: Any) -> 
 def test_loads_refuses_a_document_nested_too_deeply() -> None:
     with pytest.raises(LockfileError, match="nested too deeply"):
         loads("[" * 100_000 + "]" * 100_000)
+
+
+# -- @allow_networks ----------------------------------------------------------------------------
+
+def test_lifting_allow_networks_loosens() -> None:
+    assert loosened(diff(route(networks=["10.8.0.0/16"]), route(networks=None))) == [
+        "no longer restricted to networks 10.8.0.0/16"]
+    # a row of a lock written before the field existed is unrestricted
+    assert diff(route(), route(networks=None)) == []
+
+
+def test_adding_allow_networks_tightens() -> None:
+    assert tightened(diff(route(), route(networks=["10.8.0.0/16"]))) == [
+        "now restricted to networks 10.8.0.0/16"]
+
+
+def test_a_wider_network_list_loosens_and_a_narrower_one_tightens() -> None:
+    narrow, wide = route(networks=["10.8.0.0/16"]), route(networks=["10.8.0.0/16", "0.0.0.0/0"])
+    assert loosened(diff(narrow, wide)) == ["now also reachable from 0.0.0.0/0"]
+    assert tightened(diff(wide, narrow)) == ["no longer reachable from 0.0.0.0/0"]
+
+
+def test_losing_a_concurrency_limit_loosens() -> None:
+    held, free = route(concurrency=["2 in flight (key=ip)"]), route(concurrency=[])
+    assert loosened(diff(held, free)) == ["no longer limits concurrency to 2 in flight (key=ip)"]
+    assert tightened(diff(free, held)) == ["now limits concurrency to 2 in flight (key=ip)"]

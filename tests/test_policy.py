@@ -9,6 +9,8 @@ from flask.views import MethodView
 from marshmallow import fields
 
 from flask_apiguard import (
+    allow_networks,
+    concurrency_limit,
     public,
     rate_limit,
     rate_limit_exempt,
@@ -103,6 +105,24 @@ def test_class_method_and_view_levels_merge() -> None:
     assert head.role_rules == [(frozenset({"reader"}), "any")]
 
 
+def test_networks_and_concurrency_add_up_across_levels() -> None:
+    @allow_networks("10.0.0.0/8")
+    @concurrency_limit(4)
+    class Jobs(MethodView):
+        @allow_networks("10.8.0.0/16")
+        @concurrency_limit(1, key="user")
+        def post(self) -> None: ...
+
+        def get(self) -> None: ...
+
+    view = Jobs.as_view("jobs")
+    post, get = declared_policy(view, "POST"), declared_policy(view, "GET")
+    assert [n.texts() for n in post.networks] == [["10.0.0.0/8"], ["10.8.0.0/16"]]
+    assert post.concurrency == [(4, "auto"), (1, "user")]
+    assert [n.texts() for n in get.networks] == [["10.0.0.0/8"]]
+    assert get.concurrency == [(4, "auto")]
+
+
 def test_a_subclass_gets_its_own_policy() -> None:
     @require_jwt
     class Base(MethodView):
@@ -138,6 +158,10 @@ _DECORATORS = [
     pytest.param(scopes("s"), id="scopes"),
     pytest.param(rate_limit("1/minute"), id="rate_limit"),
     pytest.param(rate_limit_exempt, id="rate_limit_exempt"),
+    pytest.param(rate_limit(limit=lambda: "1/minute", exempt_when=lambda: False),
+                 id="rate_limit_callable"),
+    pytest.param(allow_networks("10.0.0.0/8"), id="allow_networks"),
+    pytest.param(concurrency_limit(2), id="concurrency_limit"),
     pytest.param(validate({"q": fields.Int()}, location="query"), id="validate"),
 ]
 

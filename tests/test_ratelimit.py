@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 from flask_apiguard import (
     ApiGuard,
     ApiGuardConfigError,
+    concurrency_limit,
     current_identity,
     public,
     rate_limit,
@@ -578,3 +579,359 @@ def test_bad_rate_limit_arguments_fail_at_decoration(args: tuple[Any, ...],
                                                       kwargs: dict[str, Any]) -> None:
     with pytest.raises(ApiGuardConfigError):
         rate_limit(*args, **kwargs)
+
+
+# -- limits that follow the business: limit=callable, exempt_when -------------------------------
+
+PLANS = {"free": "2/minute", "pro": "4/minute"}
+
+
+def plan_limit() -> str:
+    """A limit per plan, read from the caller's token (an unknown plan gets the free one)."""
+    return PLANS.get(str(current_identity.claims.get("plan")), PLANS["free"])
+
+
+def business_app(make_app: Callable[..., Flask], **config: Any) -> Flask:
+    """``/plan`` limited by plan, ``/odd`` by a callable the test chooses (``app.config
+    ["LIMIT"]``), ``/internal`` with an ``exempt_when`` the test chooses (``EXEMPT``)."""
+    app = make_app(init=False, APIGUARD_RATELIMIT_DEFAULT=None, **config)
+
+    @app.get("/plan")
+    @rate_limit(limit=plan_limit)
+    def plan() -> Any:
+        return {"ok": True}
+
+    def chosen() -> Any:
+        value = app.config["LIMIT"]
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    @app.get("/odd")
+    @public
+    @rate_limit(limit=chosen, key="ip")
+    def odd() -> Any:
+        return {"ok": True}
+
+    def exempt() -> Any:
+        value = app.config["EXEMPT"]
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    @app.get("/internal")
+    @public
+    @rate_limit("2/minute", exempt_when=exempt)
+    @rate_limit("3/minute", scope="internal-hour")
+    def internal() -> Any:
+        return {"ok": True}
+
+    @app.post("/plan-login")
+    @public
+    @rate_limit(limit=lambda: "2/minute", key="ip", count="failures", cost=1)
+    def plan_login() -> Any:
+        abort(401)
+
+    ApiGuard(app)
+    return app
+
+
+def _statuses(client: FlaskClient, path: str, n: int, **kwargs: Any) -> list[int]:
+    return [client.get(path, **kwargs).status_code for _ in range(n)]
+
+
+@pytest.mark.parametrize("storage", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def test_limit_callable_gives_each_plan_its_limit(make_app: Any, storage: str,
+                                                   request: Any) -> None:
+    config = request.getfixturevalue("redis_config")() if storage == "redis" else {}
+    app = business_app(make_app, **config)
+    client = app.test_client()
+    free = bearer(token_for(app, "ann", plan="free"))
+    pro = bearer(token_for(app, "bob", plan="pro"))
+    assert _statuses(client, "/plan", 3, headers=free) == [200, 200, 429]
+    assert _statuses(client, "/plan", 5, headers=pro) == [200, 200, 200, 200, 429]
+    assert client.get("/plan", headers=pro).headers["RateLimit-Limit"] == "4"
+
+
+def test_limit_callable_string_is_parsed_once_per_distinct_value(
+        make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import flask_apiguard.ratelimit.probes as probes_module
+
+    parsed: list[str] = []
+    real = probes_module.parse_many
+
+    def counting(text: str) -> Any:
+        parsed.append(text)
+        return real(text)
+
+    monkeypatch.setattr(probes_module, "parse_many", counting)
+    app = business_app(make_app)
+    client = app.test_client()
+    app.config["LIMIT"] = "50/minute"
+    _statuses(client, "/odd", 5)
+    app.config["LIMIT"] = "60/minute"
+    _statuses(client, "/odd", 5)
+    assert parsed == ["50/minute", "60/minute"]
+
+
+def test_limit_callable_cache_is_bounded(make_app: Any) -> None:
+    app = business_app(make_app)
+    client = app.test_client()
+    state = app.extensions["apiguard"]
+    for n in range(1, 1100):
+        app.config["LIMIT"] = f"{n + 10}/minute"
+        assert client.get("/odd").status_code == 200
+    assert len(state.limit_cache._parsed) <= 1024
+    assert len(state.limit_cache._resolved) <= 1024
+
+
+def test_a_plan_change_keeps_the_count(make_app: Any) -> None:
+    # a callable limit's counter leaves the amount out: upgrading mid-window is no reset
+    app = business_app(make_app)
+    client = app.test_client()
+    app.config["LIMIT"] = "2/minute"
+    assert _statuses(client, "/odd", 3) == [200, 200, 429]
+    app.config["LIMIT"] = "3/minute"
+    assert _statuses(client, "/odd", 2) == [200, 429]
+
+
+@pytest.mark.parametrize("returned", [
+    RuntimeError("plan service down"), None, 10, b"10/minute", "lots", "",
+])
+def test_a_failing_limit_callable_answers_500_never_unlimited(
+        make_app: Any, returned: Any, caplog: pytest.LogCaptureFixture) -> None:
+    app = business_app(make_app)
+    app.config["LIMIT"] = returned
+    with caplog.at_level("ERROR", logger="flask_apiguard"):
+        response = app.test_client().get("/odd")
+    assert response.status_code == 500
+    assert problem(response)["error"] == "internal_error"
+    assert "plan service down" not in response.get_data(as_text=True)
+    assert any("could not be decided" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("storage", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def test_exempt_when_skips_only_its_own_limit(make_app: Any, storage: str,
+                                               request: Any) -> None:
+    config = request.getfixturevalue("redis_config")() if storage == "redis" else {}
+    app = business_app(make_app, **config)
+    client = app.test_client()
+    app.config["EXEMPT"] = True
+    # the 2/minute limit is skipped; the scope's 3/minute still applies
+    assert _statuses(client, "/internal", 4) == [200, 200, 200, 429]
+
+
+def test_exempt_when_false_keeps_the_limit(make_app: Any) -> None:
+    app = business_app(make_app)
+    app.config["EXEMPT"] = 0
+    assert _statuses(app.test_client(), "/internal", 3) == [200, 200, 429]
+
+
+def test_a_raising_exempt_when_answers_500_never_exempt(make_app: Any) -> None:
+    app = business_app(make_app)
+    app.config["EXEMPT"] = LookupError("no such header")
+    response = app.test_client().get("/internal")
+    assert response.status_code == 500
+    assert problem(response)["error"] == "internal_error"
+
+
+def test_limit_callable_works_with_count_failures(make_app: Any) -> None:
+    app = business_app(make_app)
+    client = app.test_client()
+    assert [client.post("/plan-login").status_code for _ in range(3)] == [401, 401, 429]
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"limit": 10},
+    {"limit": "5/minute", "exempt_when": True},
+    {"limit": "5/minute", "exempt_when": "yes"},
+])
+def test_bad_business_limit_arguments_fail_at_decoration(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ApiGuardConfigError):
+        rate_limit(**kwargs)
+
+
+# -- APIGUARD_RATELIMIT_EXEMPT_NETWORKS ----------------------------------------------------------
+
+def exempt_networks_app(make_app: Callable[..., Flask], **config: Any) -> Flask:
+    app = make_app(init=False, APIGUARD_RATELIMIT_DEFAULT="2/minute",
+                   APIGUARD_RATELIMIT_EXEMPT_NETWORKS=["10.0.0.0/8", "2001:db8::/32"],
+                   APIGUARD_AUTH_FAILURE_LIMIT="2/minute", **config)
+
+    @app.get("/limited")
+    @public
+    def limited() -> Any:
+        return {"ok": True}
+
+    ApiGuard(app)
+    return app
+
+
+@pytest.mark.parametrize("storage", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def test_exempt_networks_are_not_rate_limited(make_app: Any, storage: str,
+                                              request: Any) -> None:
+    config = request.getfixturevalue("redis_config")() if storage == "redis" else {}
+    app = exempt_networks_app(make_app, **config)
+    client = app.test_client()
+    for address in ("10.1.2.3", "2001:db8::7", "::ffff:10.9.9.9"):
+        environ = {"REMOTE_ADDR": address}
+        answers = [client.get("/limited", environ_base=environ) for _ in range(4)]
+        assert [r.status_code for r in answers] == [200] * 4, address
+        assert "RateLimit-Limit" not in answers[0].headers
+    outside = {"REMOTE_ADDR": IP_A}
+    assert _statuses(client, "/limited", 3, environ_base=outside) == [200, 200, 429]
+
+
+def test_a_forged_forwarded_for_exempts_no_one(make_app: Any) -> None:
+    app = exempt_networks_app(make_app)
+    client = app.test_client()
+    forged = {"REMOTE_ADDR": IP_A}
+    headers = {"X-Forwarded-For": "10.0.0.1"}
+    assert _statuses(client, "/limited", 3, environ_base=forged, headers=headers) \
+        == [200, 200, 429]
+
+
+def test_exempt_networks_follow_the_trusted_proxy(make_app: Any) -> None:
+    app = exempt_networks_app(make_app, APIGUARD_TRUSTED_PROXIES=1)
+    client = app.test_client()
+    proxy = {"REMOTE_ADDR": "192.0.2.1"}
+    assert _statuses(client, "/limited", 4, environ_base=proxy,
+                     headers={"X-Forwarded-For": "10.0.0.1"}) == [200] * 4
+    assert _statuses(client, "/limited", 3, environ_base=proxy,
+                     headers={"X-Forwarded-For": "10.0.0.1, 198.51.100.4"}) == [200, 200, 429]
+
+
+def test_exempt_networks_keep_the_auth_failure_limit(make_app: Any) -> None:
+    # a security control, not a business limit: an internal client guessing tokens is stopped
+    app = exempt_networks_app(make_app)
+    client = app.test_client()
+    inside = {"REMOTE_ADDR": "10.1.2.3"}
+    answers = [client.get("/private", environ_base=inside, headers=bearer("x.y.z")).status_code
+               for _ in range(3)]
+    assert answers == [401, 401, 429]
+
+
+# -- @concurrency_limit -------------------------------------------------------------------------
+
+def concurrency_app(make_app: Callable[..., Flask], **config: Any) -> Flask:
+    """``/slow`` admits 2 requests of one client at once and waits for ``app.release``;
+    ``/crash`` admits 1 and raises; ``/per-user`` admits 1 per subject."""
+    app = make_app(init=False, **config)
+    app.release = threading.Event()  # type: ignore[attr-defined]
+    app.inside = []  # type: ignore[attr-defined]
+
+    @app.get("/slow")
+    @public
+    @concurrency_limit(2, key="ip")
+    def slow() -> Any:
+        app.inside.append(1)  # type: ignore[attr-defined]
+        app.release.wait(10)  # type: ignore[attr-defined]
+        return {"ok": True}
+
+    @app.get("/crash")
+    @public
+    @concurrency_limit(1)
+    def crash() -> Any:
+        raise RuntimeError("boom")
+
+    @app.get("/per-user")
+    @concurrency_limit(1, key="user")
+    def per_user() -> Any:
+        app.inside.append(current_identity.subject)  # type: ignore[attr-defined]
+        app.release.wait(10)  # type: ignore[attr-defined]
+        return {"ok": True}
+
+    ApiGuard(app)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    return app
+
+
+def _in_parallel(app: Any, path: str, count: int, refused: int,
+                 headers: list[dict[str, str]] | None = None) -> list[Any]:
+    """``count`` requests at once; once ``refused`` of them were answered, the others are
+    released."""
+    answers: list[Any] = []
+    lock = threading.Lock()
+
+    def one(n: int) -> None:
+        response = app.test_client().get(path, headers=(headers or [{}] * count)[n])
+        with lock:
+            answers.append(response)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (len(answers) < refused
+                                           or len(app.inside) < count - refused):
+        time.sleep(0.01)
+    app.release.set()
+    for thread in threads:
+        thread.join(10)
+    return answers
+
+
+@pytest.mark.parametrize("storage", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def test_concurrency_limit_bounds_requests_in_flight(make_app: Any, storage: str,
+                                                     request: Any) -> None:
+    config = request.getfixturevalue("redis_config")() if storage == "redis" else {}
+    app = concurrency_app(make_app, **config)
+    answers = _in_parallel(app, "/slow", 5, refused=3)
+    assert Counter(r.status_code for r in answers) == Counter({200: 2, 429: 3})
+    for response in answers:
+        if response.status_code == 429:
+            assert response.headers["Retry-After"] == "1"
+            body = problem(response)
+            assert body["error"] == "rate_limit_exceeded" and body["retry_after"] == 1
+    # every place was given back: the next requests are admitted again
+    app.inside.clear()
+    assert Counter(r.status_code for r in _in_parallel(app, "/slow", 2, refused=0)) \
+        == Counter({200: 2})
+
+
+@pytest.mark.parametrize("storage", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def test_a_crashed_request_gives_its_place_back(make_app: Any, storage: str,
+                                                request: Any) -> None:
+    config = request.getfixturevalue("redis_config")() if storage == "redis" else {}
+    app = concurrency_app(make_app, **config)
+    client = app.test_client()
+    assert [client.get("/crash").status_code for _ in range(3)] == [500, 500, 500]
+
+
+def test_concurrency_limit_keys_by_user(make_app: Any) -> None:
+    app = concurrency_app(make_app)
+    ann, bob = bearer(token_for(app, "ann")), bearer(token_for(app, "bob"))
+    answers = _in_parallel(app, "/per-user", 3, refused=1, headers=[ann, bob, ann])
+    assert Counter(r.status_code for r in answers) == Counter({200: 2, 429: 1})
+    assert sorted(app.inside) == ["ann", "bob"]
+
+
+def test_exempt_networks_are_not_concurrency_limited(make_app: Any) -> None:
+    app = concurrency_app(make_app, APIGUARD_RATELIMIT_EXEMPT_NETWORKS=["127.0.0.0/8"])
+    answers = _in_parallel(app, "/slow", 4, refused=0)
+    assert Counter(r.status_code for r in answers) == Counter({200: 4})
+
+
+@pytest.mark.parametrize("args, kwargs", [((0,), {}), ((1.5,), {}), ((True,), {}),
+                                          (("2",), {}), ((2,), {"key": "session"})])
+def test_bad_concurrency_limit_arguments_fail_at_import(args: tuple[Any, ...],
+                                                         kwargs: dict[str, Any]) -> None:
+    with pytest.raises(TypeError):
+        concurrency_limit(*args, **kwargs)
+
+
+def test_routes_without_business_limits_stay_on_the_plain_path(make_app: Any) -> None:
+    # precomputed at compile time: the pipeline's one check for callables, places and
+    # exempt networks
+    app = business_app(make_app)
+    state = app.extensions["apiguard"]
+    with app.app_context():  # routes are compiled in a request (an adopted limiter is found)
+        assert state.route("private", "GET").plain_limits is True
+        assert state.route("plan", "GET").plain_limits is False
+        assert state.route("internal", "GET").plain_limits is False
+    slow = concurrency_app(make_app)
+    with slow.app_context():
+        assert slow.extensions["apiguard"].route("slow", "GET").plain_limits is False
+    exempting = make_app(APIGUARD_RATELIMIT_EXEMPT_NETWORKS=["10.0.0.0/8"])
+    with exempting.app_context():
+        assert exempting.extensions["apiguard"].route("private", "GET").plain_limits is False

@@ -147,6 +147,60 @@ def test_one_round_trip_per_request(private_redis: Any, make_app: Any) -> None:
     assert commands == ["EVALSHA"] * 10
 
 
+def test_concurrency_limit_keeps_one_round_trip_before_the_view(private_redis: Any,
+                                                                make_app: Any) -> None:
+    """@concurrency_limit with two rate limits: the place is taken in the one EVALSHA; the
+    only other command is its release (ZREM) once the response starts, as for
+    count="failures" places."""
+    from flask_apiguard import ApiGuard, concurrency_limit, rate_limit, require_jwt
+
+    app = make_app(init=False, APIGUARD_STORAGE_URI=private_redis.url)
+
+    @app.get("/limited")
+    @require_jwt
+    @concurrency_limit(3, key="user")
+    @rate_limit("100/minute")
+    @rate_limit("1000/hour")
+    def limited() -> Any:
+        return {"ok": True}
+
+    ApiGuard(app)
+    client = app.test_client()
+    token = token_for(app)
+    assert client.get("/limited", headers=bearer(token)).status_code == 200  # loads the script
+
+    def ten_requests() -> None:
+        for _ in range(10):
+            response = client.get("/limited", headers=bearer(token))
+            assert response.status_code == 200
+            assert response.headers["RateLimit-Limit"] == "100"
+
+    commands = _client_commands(private_redis.url, ten_requests)
+    assert commands == ["EVALSHA", "ZREM"] * 10
+
+
+@pytest.mark.parametrize("strategy", STRATEGY_NAMES)
+def test_a_full_concurrency_limit_uses_up_no_rate_limit(
+        redis_url: str, storage_options: dict[str, Any], redis_prefix: str,
+        strategy: str) -> None:
+    shared = SharedState(redis_url, storage_options, strategy, "closed")
+    limit = LimitProbe(parse("10/minute"), ("apiguard", "view:x", f"ip:{redis_prefix}"))
+    place = LimitProbe(parse("1/minute"), ("apiguard", "conc:x", f"ip:{redis_prefix}"),
+                       hit=False, concurrent=True)
+    first = shared.admit((), False, None, [limit], True, [place])
+    assert not first.busy and first.reserved == (place,) and first.backend is not None
+    assert first.window is not None and first.window.remaining == 9
+    second = shared.admit((), False, None, [limit], True, [place])
+    assert second.busy and second.retry_after == 1
+    # a failed response releases its place without counting it anywhere
+    shared.settle(first.backend, first.reserved, first.token, failed=True)
+    third = shared.admit((), False, None, [limit], True, [place])
+    assert not third.busy and third.window is not None
+    assert third.window.remaining == 8  # the refused request used up nothing
+    assert third.backend is not None
+    shared.settle(third.backend, third.reserved, third.token, failed=False)
+
+
 def test_a_refused_token_is_one_round_trip_too(private_redis: Any, make_app: Any) -> None:
     app = make_app(APIGUARD_STORAGE_URI=private_redis.url)
     client = app.test_client()

@@ -382,7 +382,7 @@ def test_a_kept_connection_that_fails_takes_its_siblings_with_it(
 
 def test_without_poll_select_checks_the_connection(redis_url: str, named: dict[str, Any],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from flask_apiguard.ratelimit import gate as redis_gate
+    from flask_apiguard.ratelimit import script as redis_gate
 
     monkeypatch.setattr(redis_gate, "_poll", None)  # as on Windows
     shared = SharedState(redis_url, named, "fixed-window", "closed")

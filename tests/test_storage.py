@@ -25,7 +25,7 @@ import redis
 from flask import Flask, request
 from limits import parse
 
-from flask_apiguard import ApiGuard, ApiGuardConfigError, public, rate_limit
+from flask_apiguard import ApiGuard, ApiGuardConfigError, concurrency_limit, public, rate_limit
 from flask_apiguard.ratelimit.counter import Counter as LimitCounter
 from flask_apiguard.ratelimit.memory import LocalStorage
 from flask_apiguard.ratelimit.probes import LimitProbe
@@ -745,3 +745,86 @@ def test_a_key_prefix_holding_a_pattern_is_refused(tmp_path: Path, prefix: str) 
     with pytest.raises(ApiGuardConfigError, match="key_prefix"):
         limited_app("redis://127.0.0.1:6379/0", str(tmp_path),
                     APIGUARD_STORAGE_OPTIONS={"key_prefix": prefix})
+
+
+# -- @concurrency_limit across processes ----------------------------------------------------------
+
+#: At most this many requests of one client in flight, whatever the number of workers.
+IN_FLIGHT = 2
+THREADS, ROUNDS = 3, 4
+
+
+def spawned_concurrency_worker(uri: str, options: dict[str, Any], instance_path: str,
+                               barrier: Any, results: Any) -> None:
+    """One process with ``THREADS`` threads, each sending ``ROUNDS`` requests to a slow view
+    that counts, in Redis, how many of its requests are inside it at once."""
+    app = Flask("apiguard_concurrency", instance_path=instance_path)
+    app.test_client_class = HttpsClient
+    app.config.update(base_config(APIGUARD_STORAGE_URI=uri, APIGUARD_STORAGE_OPTIONS=options,
+                                  APIGUARD_RATELIMIT_DEFAULT=None,
+                                  APIGUARD_RATELIMIT_ON_STORAGE_ERROR="closed"))
+    counter = redis.Redis.from_url(uri)
+    active = f"{options['key_prefix']}:test-active"
+    seen: list[int] = []
+
+    @app.get("/slow")
+    @public
+    @concurrency_limit(IN_FLIGHT, key="ip")
+    def slow() -> Any:
+        seen.append(int(counter.incr(active)))
+        time.sleep(0.15)
+        counter.decr(active)
+        return {"ok": True}
+
+    ApiGuard(app)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        client = app.test_client()
+        for _ in range(ROUNDS):
+            code = client.get("/slow").status_code
+            with lock:
+                statuses.append(code)
+            time.sleep(0.02)
+
+    app.test_client().get("/nope")  # connect before the race
+    barrier.wait(timeout=60)
+    threads = [threading.Thread(target=run) for _ in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    results.put({"statuses": dict(Counter(statuses)), "max": max(seen, default=0)})
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_four_processes_never_exceed_the_concurrency_limit(
+        redis_url: str, storage_options: dict[str, Any], tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(WORKERS)
+    results = context.Queue()
+    options = {**storage_options, **EXACT_OPTIONS}
+    workers = [context.Process(target=spawned_concurrency_worker,
+                               args=(redis_url, options, str(tmp_path / str(n)), barrier,
+                                     results))
+               for n in range(WORKERS)]
+    for worker in workers:
+        worker.start()
+    try:
+        parts = _collect(workers, results)
+    finally:
+        for worker in workers:
+            worker.join(timeout=30)
+            if worker.is_alive():
+                worker.kill()
+    assert [w.exitcode for w in workers] == [0] * WORKERS, "a worker process failed"
+    assert len(parts) == WORKERS
+    total = _totals([part["statuses"] for part in parts])
+    print(f"{WORKERS} processes x {THREADS} threads x {ROUNDS}: {dict(total)}, "
+          f"most in flight at once {max(part['max'] for part in parts)}")
+    assert max(part["max"] for part in parts) <= IN_FLIGHT
+    assert total[200] >= IN_FLIGHT and total[429] > 0
+    assert sum(total.values()) == WORKERS * THREADS * ROUNDS
+    assert set(total) <= {200, 429}

@@ -187,7 +187,7 @@ def responses(state: GuardState, operation: Operation, problem_ref: str,
     config = state.config
     route = operation.route
     method = operation.method
-    limited = bool(route.limits)
+    limited = bool(route.limits or route.limit_sources or route.concurrency)
     authenticated = not route.public and (route.jwt or route.api_key)
     checks_credentials = authenticated and config.auth_failure_limit is not None
     body = documented_body or method in BODY_METHODS

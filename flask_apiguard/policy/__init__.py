@@ -25,6 +25,8 @@ from .declared import (
     view_methods,
 )
 from .decorators import (
+    allow_networks,
+    concurrency_limit,
     deprecated,
     public,
     rate_limit,
@@ -39,7 +41,8 @@ from .route import Route, compile_route
 
 __all__ = [
     "AUTH_METHODS", "KEY_KINDS", "LOCATIONS", "POLICY_ATTR", "Deprecation", "Policy",
-    "RateLimitSpec", "Route", "ValidationSpec", "compile_route", "declared_policy",
-    "deprecated", "get_policy", "handler_of", "own_policy", "public", "rate_limit", "rate_limit_exempt",
+    "RateLimitSpec", "Route", "ValidationSpec", "allow_networks", "compile_route",
+    "concurrency_limit", "declared_policy", "deprecated", "get_policy", "handler_of",
+    "own_policy", "public", "rate_limit", "rate_limit_exempt",
     "require_api_key", "require_jwt", "roles", "scopes", "validate", "view_methods",
 ]

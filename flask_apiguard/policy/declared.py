@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from limits import RateLimitItem
 
+from ..networks import NetworkSet
+
 if TYPE_CHECKING:
     pass
 
@@ -30,12 +32,16 @@ AUTH_METHODS = ("jwt", "api_key")
 class RateLimitSpec:
     """One ``@rate_limit`` declaration."""
 
-    limit: str
+    #: The limit string, or a zero-argument callable returning one per request.
+    limit: str | Callable[[], str]
+    #: The parsed limit string (empty for a callable).
     items: tuple[RateLimitItem, ...]
     key: str | Callable[[], str]
     count: str = "all"
     scope: str | None = None
     cost: int = 1
+    #: A zero-argument callable: when it returns true, this limit is skipped for the request.
+    exempt_when: Callable[[], object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +94,10 @@ class Policy:
     rate_limit_exempt: bool = False
     validations: dict[str, ValidationSpec] = field(default_factory=dict)
     deprecation: Deprecation | None = None
+    #: ``@allow_networks``, one set per level that declares it (all of them must match).
+    networks: list[NetworkSet] = field(default_factory=list)
+    #: ``@concurrency_limit``: ``(n, key)`` each; every one applies.
+    concurrency: list[tuple[int, str | Callable[[], str]]] = field(default_factory=list)
 
     @property
     def needs_identity(self) -> bool:
@@ -109,6 +119,8 @@ class Policy:
             rate_limit_exempt=self.rate_limit_exempt,
             validations=dict(self.validations),
             deprecation=self.deprecation,
+            networks=list(self.networks),
+            concurrency=list(self.concurrency),
         )
 
     def merge(self, more_specific: Policy) -> Policy:
@@ -130,6 +142,8 @@ class Policy:
         merged.validations.update(more_specific.validations)
         if more_specific.deprecation is not None:
             merged.deprecation = more_specific.deprecation
+        merged.networks += [n for n in more_specific.networks if n not in merged.networks]
+        merged.concurrency += more_specific.concurrency
         if merged.public and merged.needs_identity:
             merged.public = False
         return merged

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, overload
 from limits import parse_many
 
 from ..errors import ApiGuardConfigError
+from ..networks import NetworkSet, parse_networks
 from .declared import (
     KEY_KINDS,
     LOCATIONS,
@@ -186,24 +187,43 @@ def scopes(*names: str) -> Callable[[F], F]:
 
 
 def rate_limit(
-    limit: str,
+    limit: str | Callable[[], str],
     key: str | Callable[[], str] = "auto",
     count: str = "all",
     scope: str | None = None,
     cost: int = 1,
+    exempt_when: Callable[[], object] | None = None,
 ) -> Callable[[F], F]:
     """Limit how often the view may be called. Stackable.
 
-    :param limit: ``"10/minute"``, ``"5 per 15 minutes"``, or several joined by ``;``.
+    :param limit: ``"10/minute"``, ``"5 per 15 minutes"``, or several joined by ``;``; or a
+        zero-argument callable returning such a string per request (it may read
+        ``current_identity``: a limit per plan or tenant). Each distinct string is parsed
+        once. A callable that raises or returns anything but a limit string answers 500.
     :param key: ``"auto"`` (the subject when authenticated, else the client IP), ``"ip"``,
         ``"user"``, ``"api_key"`` or a zero-argument callable returning a string.
     :param count: ``"all"``, or ``"failures"`` to count only responses with status >= 400.
     :param scope: a name that shares one counter between every view that uses it.
     :param cost: how much one request uses up.
+    :param exempt_when: a zero-argument callable; when it returns true this limit is skipped
+        for the request. One that raises answers 500 (never a silent exemption).
     """
     from ..readers import check_limit_string
 
-    check_limit_string(limit, f"@rate_limit({limit!r})")
+    if isinstance(limit, str):
+        check_limit_string(limit, f"@rate_limit({limit!r})")
+        items = tuple(parse_many(limit))
+    elif callable(limit):
+        items = ()
+    else:
+        raise ApiGuardConfigError(
+            f"@rate_limit({limit!r}): use a limit string such as \"10/minute\" or a "
+            "zero-argument callable returning one."
+        )
+    if exempt_when is not None and not callable(exempt_when):
+        raise ApiGuardConfigError(
+            f"@rate_limit(exempt_when={exempt_when!r}): use a zero-argument callable."
+        )
     if not (callable(key) or key in KEY_KINDS):
         raise ApiGuardConfigError(
             f"@rate_limit(key={key!r}): use one of {', '.join(KEY_KINDS)} or a callable."
@@ -216,7 +236,7 @@ def rate_limit(
         raise ApiGuardConfigError(
             f"@rate_limit(scope={scope!r}): use a non-empty name without '/'."
         )
-    spec = RateLimitSpec(limit, tuple(parse_many(limit)), key, count, scope, cost)
+    spec = RateLimitSpec(limit, items, key, count, scope, cost, exempt_when)
 
     def record(target: F) -> F:
         policy = _editable(target)
@@ -224,6 +244,67 @@ def rate_limit(
         return _record(target, policy)
 
     return record
+
+
+def allow_networks(*cidrs: str) -> Callable[[F], F]:
+    """Admit only clients whose address is in one of the networks ``cidrs`` (``"10.0.0.0/8"``,
+    ``"192.0.2.7"``, ``"2001:db8::/32"``); others get 403 ``forbidden`` right after routing,
+    before any credential is read. The address is the one every layer uses
+    (``APIGUARD_TRUSTED_PROXIES``). On a class and one of its methods both must admit.
+
+    :raises TypeError: at import, for no network or one that is not a network.
+    """
+    if not cidrs:
+        raise TypeError("@allow_networks needs at least one network, such as '10.0.0.0/8'.")
+    try:
+        networks = NetworkSet(parse_networks(list(cidrs), "@allow_networks"))
+    except ValueError as exc:
+        raise TypeError(str(exc)) from None
+
+    def record(target: F) -> F:
+        policy = _editable(target)
+        if policy.networks and _declared_here(target):
+            raise TypeError(f"{_view_name(target)}: @allow_networks is declared twice; list "
+                            "every network in one @allow_networks(...).")
+        policy.networks.append(networks)
+        return _record(target, policy)
+
+    return record
+
+
+def concurrency_limit(n: int, key: str | Callable[[], str] = "auto") -> Callable[[F], F]:
+    """Allow at most ``n`` requests of one client in flight on the view at once (nginx's
+    ``limit_conn``); one more gets 429 ``rate_limit_exceeded`` with ``Retry-After: 1``.
+
+    A request holds its place from step 9 until its response starts (or it fails, or its
+    client goes away); with Redis the places are shared by every worker, and a place a dead
+    worker never gave back expires after 60 seconds.
+
+    :param n: how many requests at once, a whole number >= 1.
+    :param key: whose requests share the places, as ``@rate_limit``'s ``key``: ``"auto"``,
+        ``"ip"``, ``"user"``, ``"api_key"`` or a zero-argument callable returning a string.
+    :raises TypeError: at import, for a bad ``n`` or ``key``.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise TypeError(f"@concurrency_limit({n!r}): use a whole number >= 1.")
+    if not (callable(key) or key in KEY_KINDS):
+        raise TypeError(
+            f"@concurrency_limit(key={key!r}): use one of {', '.join(KEY_KINDS)} or a callable."
+        )
+
+    def record(target: F) -> F:
+        policy = _editable(target)
+        policy.concurrency.append((n, key))
+        return _record(target, policy)
+
+    return record
+
+
+def _declared_here(target: Any) -> bool:
+    """Whether ``target`` itself (not a base class) holds its policy."""
+    if isinstance(target, type):
+        return POLICY_ATTR in vars(target)
+    return True
 
 
 def rate_limit_exempt(view: F) -> F:

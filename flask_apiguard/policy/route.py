@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ApiGuardConfigError
-from ..ratelimit.probes import CompiledLimit, compile_limits
+from ..networks import NetworkSet, intersection
+from ..ratelimit.probes import (
+    CompiledLimit,
+    LimitSource,
+    compile_concurrency,
+    compile_limits,
+    compile_sources,
+)
 from .declared import (
     Deprecation,
     Policy,
@@ -47,6 +54,17 @@ class Route:
     gone_at: float | None = None
     #: The limits of an adopted flask-limiter ``Limiter`` (``None`` when it has none here).
     adopted: AdoptedRoute | None = None
+    #: ``@allow_networks`` (of every level that declares it, intersected): the client address
+    #: must be in it; ``None``: any address.
+    networks: NetworkSet | None = None
+    #: Limits decided per request (a ``limit=`` or ``exempt_when=`` callable), or ``None``
+    #: when :attr:`limits` serves every request.
+    limit_sources: tuple[LimitSource, ...] | None = None
+    #: ``@concurrency_limit``: places in flight per client (``()``: none).
+    concurrency: tuple[CompiledLimit, ...] = ()
+    #: True when :attr:`limits` serve every request as they are: no callable, no
+    #: concurrency places, no exempt networks (the pipeline's one check for all of them).
+    plain_limits: bool = True
 
 
 #: The order ``@validate`` locations are loaded in (the cheapest first, the body last).
@@ -80,6 +98,10 @@ def compile_route(endpoint: str, method: str, view: Callable[..., Any], config: 
             )
     query_spec = declared.validations.get("query")
     deprecation = declared.deprecation
+    limit_sources = None if declared.rate_limit_exempt else compile_sources(
+        declared.rate_limits, endpoint
+    )
+    concurrency = compile_concurrency(declared.concurrency, endpoint)
     return Route(
         endpoint=endpoint,
         public=public,
@@ -92,6 +114,11 @@ def compile_route(endpoint: str, method: str, view: Callable[..., Any], config: 
         limits=() if declared.rate_limit_exempt else compile_limits(
             declared.rate_limits, endpoint, config.ratelimit_default
         ),
+        limit_sources=limit_sources,
+        networks=intersection(declared.networks),
+        concurrency=concurrency,
+        plain_limits=limit_sources is None and not concurrency
+        and config.ratelimit_exempt_networks is None,
         validations=tuple(declared.validations[loc] for loc in _LOAD_ORDER
                           if loc in declared.validations),
         accepts_form="form" in declared.validations,

@@ -9,12 +9,12 @@ Modules, from what a request uses to where it is counted:
 - :mod:`~flask_apiguard.ratelimit.counter`: how each :mod:`limits` strategy counts;
 - :mod:`~flask_apiguard.ratelimit.memory`: the bounded in-memory storage;
 - :mod:`~flask_apiguard.ratelimit.places` and :mod:`~flask_apiguard.ratelimit.revocations`:
-  in-flight places of ``count="failures"`` requests, and the token denylist, in memory or
-  Redis;
+  in-flight places of ``count="failures"`` and ``@concurrency_limit`` requests, and the token
+  denylist, in memory or Redis;
 - :mod:`~flask_apiguard.ratelimit.backend`: the pipeline's one question answered with a few
   storage calls, on any storage;
 - :mod:`~flask_apiguard.ratelimit.gate`: the same question in one Redis round trip (a Lua
-  script composed from limits' own);
+  script composed from limits' own), run by :mod:`~flask_apiguard.ratelimit.script`;
 - :mod:`~flask_apiguard.ratelimit.redis_client`: Redis client options and key names;
 - :mod:`~flask_apiguard.ratelimit.shared`: :class:`SharedState`, which picks the backend for
   the configured storage and applies the fault policy;

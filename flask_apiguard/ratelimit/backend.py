@@ -40,8 +40,11 @@ class Verdict:
     breached: LimitProbe | None = None
     window: WindowState | None = None
     retry_after: int = 0
-    #: ``count="failures"`` probes this request holds a place in, and the backend holding it:
-    #: settled after the response (counted if it failed) and released in any case.
+    #: A ``@concurrency_limit`` is full: as many requests of this client are in flight.
+    busy: bool = False
+    #: ``count="failures"`` (and ``@concurrency_limit``) probes this request holds a place
+    #: in, and the backend holding it: settled after the response (a failure counted if it
+    #: failed) and released in any case.
     reserved: tuple[LimitProbe, ...] = ()
     backend: Backend | None = None
     #: Names this request's places, so that only they are given back.
@@ -77,7 +80,8 @@ class Backend:
         return until is not None and until > now
 
     def admit(self, failure: Sequence[LimitProbe], auth_failed: bool, jti: str | None,
-              limits: Sequence[LimitProbe], want_window: bool) -> Verdict:
+              limits: Sequence[LimitProbe], want_window: bool,
+              concurrency: Sequence[LimitProbe] = ()) -> Verdict:
         counter = self.counter
         if failure:
             now = time.time()
@@ -91,7 +95,7 @@ class Backend:
         if jti is not None and self.revocations.contains(jti):
             self.count_failure(failure)
             return Verdict(revoked=True)
-        if len(limits) == 1 and limits[0].hit:  # the usual case: one limit, counted now
+        if len(limits) == 1 and limits[0].hit and not concurrency:  # the usual case
             probe = limits[0]
             if want_window:
                 allowed, window = counter.hit_window(probe, time.time())
@@ -101,19 +105,24 @@ class Backend:
                 return refusal(probe, [(probe, counter.window(probe, time.time()))])
             return Verdict(window=window)
         pending = tuple(p for p in limits if not p.hit)
-        if not pending:
+        if not pending and not concurrency:
             return self._consume(limits, {}, want_window)
         # count="failures": the request's cost is promised (in flight) until the response says
         # whether it failed, so that parallel guesses cannot all pass the test before the
-        # first one is counted. Test and promise happen under one lock.
+        # first one is counted; @concurrency_limit: a place while in flight, whatever the
+        # answer. Test and promise happen under one lock, all or nothing.
         with self._reserve_lock:
+            for probe in concurrency:
+                if self.inflight.get(probe.key) + probe.cost > probe.item.amount:
+                    return Verdict(busy=True, retry_after=1)
             promised = {p.key: self.inflight.get(p.key) for p in pending}
             verdict = self._consume(limits, promised, want_window)
             if verdict.breached is None:
                 token = reservation_token()
-                for probe in pending:
+                held = pending + tuple(concurrency)
+                for probe in held:
                     self.inflight.add(probe.key, token, probe.cost)
-                verdict.reserved, verdict.backend, verdict.token = pending, self, token
+                verdict.reserved, verdict.backend, verdict.token = held, self, token
             return verdict
 
     def _consume(self, limits: Sequence[LimitProbe], promised: dict[str, int],
@@ -146,10 +155,12 @@ class Backend:
 
     def settle(self, probes: Sequence[LimitProbe], token: str, failed: bool,
                want_window: bool) -> list[WindowState]:
-        """After the response: count the reserved probes if it failed; release them always."""
+        """After the response: count the reserved ``count="failures"`` probes if it failed;
+        release every place (``@concurrency_limit`` ones included) always."""
+        counted = [probe for probe in probes if not probe.concurrent]
         try:
             if failed:
-                for probe in probes:
+                for probe in counted:
                     self.counter.hit(probe)
         finally:
             for probe in probes:
@@ -157,7 +168,7 @@ class Backend:
         if not want_window:
             return []
         now = time.time()
-        return [self.counter.window(probe, now) for probe in probes]
+        return [self.counter.window(probe, now) for probe in counted]
 
     def count_failure(self, failure: Sequence[LimitProbe]) -> None:
         for probe in failure:

@@ -9,7 +9,9 @@ run them in the pipeline's order:
 3. if the token's ``jti`` is on the denylist, count a failure and stop (revoked);
 4. with several limits, test them all first: a request one limit refuses uses up none of the
    others; then consume each (or only test it, for ``count="failures"``) and read each window
-   for the ``RateLimit-*`` headers.
+   for the ``RateLimit-*`` headers. ``@concurrency_limit`` places are tested before any limit
+   is used up (a full one refuses the request, code 5) and taken, with the ``count="failures"``
+   places, only once every limit admitted it.
 
 Keys are named exactly as limits' Redis storage names them, so the counters are the same ones
 limits' strategies read (``tests/test_redis_gate.py`` checks both ways). The script touches
@@ -21,8 +23,6 @@ uses the sequential backend (a few round trips).
 
 from __future__ import annotations
 
-import os
-import select
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +34,7 @@ from .backend import Backend, Verdict, refusal
 from .places import INFLIGHT_TTL_MS, reservation_token
 from .probes import LimitProbe
 from .redis_client import INFLIGHT_PREFIX, REVOKED_PREFIX
+from .script import ScriptCaller
 from .window import WindowState, _whole_seconds, sliding_window_state
 
 _LUA_DIR = "resources/redis/lua_scripts"
@@ -46,11 +47,11 @@ _SCRIPTS = {
 
 _MAIN = r"""
 -- ARGV[1], space-separated (one argument is cheaper to send than twenty): now, nfail,
--- auth_failed, has_jti, nlimits, want_window, token, then 4 per probe (amount, expiry,
--- cost, hit).
+-- auth_failed, has_jti, nlimits, want_window, token, nconc, then 4 per probe (amount,
+-- expiry, cost, hit), then 2 per @concurrency_limit (amount, cost).
 -- KEYS: the probes' keys in order, the revocation key when has_jti, then one in-flight key
--- per count="failures" probe (hit = 0), in the order of the limit probes; those requests
--- hold a place until they settle.
+-- per count="failures" probe (hit = 0), in the order of the limit probes, then one per
+-- @concurrency_limit; those requests hold a place until they settle.
 -- The answer is one space-separated string: code, probe index, then the windows' figures.
 local ARGS = {}
 for token in string.gmatch(ARGV[1], "%S+") do
@@ -73,8 +74,9 @@ local has_jti = ARGV[4] == "1"
 local nlimits = tonumber(ARGV[5])
 local want_window = ARGV[6] == "1"
 local token = ARGV[7]
+local nconc = tonumber(ARGV[8])
 local k = 1
-local a = 8
+local a = 9
 local fail_probes = {}
 for i = 1, nfail do
   fail_probes[i] = {k, tonumber(ARGV[a]), tonumber(ARGV[a + 1])}
@@ -88,6 +90,11 @@ for i = 1, nlimits do
   k = k + KPP
   a = a + 4
 end
+local conc_probes = {}
+for i = 1, nconc do
+  conc_probes[i] = {tonumber(ARGV[a]), tonumber(ARGV[a + 1])}
+  a = a + 2
+end
 local revoked_key = KEYS[k]
 if has_jti then
   k = k + 1
@@ -98,6 +105,10 @@ for i = 1, nlimits do
     p[6] = KEYS[k]
     k = k + 1
   end
+end
+for i = 1, nconc do
+  conc_probes[i][3] = KEYS[k]
+  k = k + 1
 end
 local now_ms = math.floor(now * 1000)
 local function cost_of(i, p)
@@ -139,6 +150,15 @@ if has_jti and redis.call('exists', revoked_key) == 1 then
     hit(p[1], p[2], p[3], 1, now)
   end
   return answer(3, 0, {})
+end
+-- @concurrency_limit: room for this request among the places in flight (tested before any
+-- limit is used up; taken, with the others, once every limit admitted the request)
+for i = 1, nconc do
+  local c = conc_probes[i]
+  redis.call('zremrangebyscore', c[3], '-inf', now_ms)
+  if redis.call('zcard', c[3]) + c[2] > c[1] then
+    return answer(5, i, {})
+  end
 end
 local function refused(i)
   local all = {}
@@ -182,6 +202,13 @@ for i = 1, nlimits do
     end
     redis.call('pexpire', ikey, INFLIGHT_TTL_MS)
   end
+end
+for i = 1, nconc do
+  local c = conc_probes[i]
+  for n = 1, c[2] do
+    redis.call('zadd', c[3], now_ms + INFLIGHT_TTL_MS, token .. ':' .. n)
+  end
+  redis.call('pexpire', c[3], INFLIGHT_TTL_MS)
 end
 return answer(0, 0, windows)
 """
@@ -259,144 +286,6 @@ def supports_scripts(storage: Storage) -> bool:
     return isinstance(storage, RedisStorage) and not isinstance(storage, RedisClusterStorage)
 
 
-class ScriptCaller:
-    """Runs the gate's script with EVALSHA on connections kept aside for it.
-
-    redis-py's ``Script.__call__`` goes through the client and its pool, which on every call
-    also polls the socket for stray data (three system calls) and takes the pool's lock; for
-    the one command of every request that is a third of its client-side cost. Here a
-    connection is taken from the client's own pool once (``get_connection``: its options,
-    timeouts, TLS, Sentinel's master lookup and its connection count all apply) and kept on
-    an idle stack, as deep as the number of requests in flight at once in this process:
-
-    - a connection is reused only after a complete answer; any error while sending or reading
-      disconnects it and gives it back to the pool, so an answer can never be read by the
-      wrong request and the pool's count stays right;
-    - before a kept connection is used, one ``poll`` with no wait asks whether it has
-      anything to read: a connection Redis closed (a restart, a Sentinel failover, a killed
-      client) reads as closed and is reconnected before the script is sent. The script is
-      never sent twice: once sent, a lost answer may still have been counted by Redis;
-    - ``NOSCRIPT`` (a restarted or flushed Redis) loads the script and runs it again;
-    - a forked child never uses its parent's sockets, whatever forked it (the process id is
-      compared on every call; uWSGI forks without Python's at-fork hooks);
-    - a connection idle for more than ``IDLE_CHECK`` seconds answers a ``PING`` first (a
-      NAT may have dropped it silently); when a kept connection fails all the same, the
-      other kept ones are dropped too, so the next requests start on fresh ones;
-    - fewer than half of the pool's ``max_connections`` (at most 64) are kept, so the other
-      commands (releasing places, revoking) always find a connection.
-    """
-
-    #: A kept connection idle for longer is sent a ``PING`` (safe to repeat) before the script:
-    #: a NAT or load balancer may have dropped it without a word, which no poll can see.
-    #: The client's ``health_check_interval`` replaces it when set.
-    IDLE_CHECK = 60.0
-
-    def __init__(self, client: Any, source: str) -> None:
-        self.pool = client.connection_pool
-        self.source = source
-        self.sha = _sha1(source)
-        self._idle: list[tuple[Any, float]] = []
-        self._pid = os.getpid()
-        limit = int(getattr(self.pool, "max_connections", 129))
-        self._keep = max(0, min(64, (limit - 1) // 2))
-        kwargs = getattr(self.pool, "connection_kwargs", {})
-        self._idle_check = float(kwargs.get("health_check_interval") or self.IDLE_CHECK)
-
-    def __call__(self, keys: Sequence[str], arg: str) -> Any:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-
-        pid = os.getpid()
-        if pid != self._pid:
-            self._idle, self._pid = [], pid  # the parent's connections stay the parent's
-        idle = self._idle
-        try:
-            conn, last_used = idle.pop()
-        except IndexError:
-            conn, last_used = self.pool.get_connection(), None
-        try:
-            if last_used is not None:
-                self._check(conn, time.monotonic() - last_used)
-            answer = self._run(conn, keys, arg)
-        except BaseException as exc:
-            conn.disconnect()
-            self.pool.release(conn)
-            if last_used is not None and isinstance(exc, RedisConnectionError):
-                # A kept connection that still failed: its siblings are likely as dead (a
-                # restart or a network change); the next requests open fresh ones.
-                self._forget()
-            raise
-        if len(idle) < self._keep:
-            idle.append((conn, time.monotonic()))
-        else:
-            self.pool.release(conn)
-        return answer
-
-    def _check(self, conn: Any, idle_for: float) -> None:
-        """Make a kept connection fit to carry the script, without sending the script: a
-        closed one is reconnected, a long-idle one must answer a ``PING`` first."""
-        if _closed_or_dirty(conn):
-            conn.disconnect()
-            conn.connect()  # the connection's own connect (Sentinel asks for the master)
-            return
-        if idle_for > self._idle_check:
-            try:
-                conn.send_command("PING", check_health=False)
-                conn.read_response()
-            except Exception:
-                conn.disconnect()
-                conn.connect()
-
-    def _forget(self) -> None:
-        idle, self._idle = self._idle, []
-        for conn, _ in idle:
-            conn.disconnect()
-            self.pool.release(conn)
-
-    def _run(self, conn: Any, keys: Sequence[str], arg: str) -> Any:
-        from redis.exceptions import NoScriptError
-
-        command = conn.pack_command("EVALSHA", self.sha, len(keys), *keys, arg)
-        conn.send_packed_command(command, check_health=False)
-        try:
-            return conn.read_response()
-        except NoScriptError:
-            conn.send_command("SCRIPT", "LOAD", self.source, check_health=False)
-            conn.read_response()
-            conn.send_packed_command(command, check_health=False)
-            return conn.read_response()
-
-
-def _closed_or_dirty(conn: Any) -> bool:
-    """Whether a kept connection has anything to read (it should not: every answer was read),
-    which means Redis closed it or something is wrong with it: one ``poll`` that does not wait.
-    A connection without a socket counts as closed; one of a class that hides its socket
-    (a client-side caching proxy) asks redis-py's own check."""
-    sock: Any = getattr(conn, "_sock", _HIDDEN)
-    if sock is None:
-        return True
-    if sock is _HIDDEN:
-        try:
-            return bool(conn.can_read())
-        except Exception:
-            return True
-    if _poll is None:  # no poll(2) (Windows): select does the same for one socket
-        readable, _, broken = select.select([sock], [], [sock], 0)
-        return bool(readable or broken)
-    poller = _poll()
-    poller.register(sock, select.POLLIN | select.POLLPRI)
-    return bool(poller.poll(0))
-
-
-_HIDDEN = object()
-_poll = getattr(select, "poll", None)
-
-
-def _sha1(source: str) -> str:
-    import hashlib
-
-    return hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
-
-
 class RedisScriptBackend(Backend):
     """The :class:`~flask_apiguard.ratelimit.backend.Backend` whose :meth:`admit` is one EVALSHA."""
 
@@ -441,20 +330,23 @@ class RedisScriptBackend(Backend):
         return WindowState(amount, max(0, amount - count), reset_in, probe.key)
 
     def admit(self, failure: Sequence[LimitProbe], auth_failed: bool, jti: str | None,
-              limits: Sequence[LimitProbe], want_window: bool) -> Verdict:
+              limits: Sequence[LimitProbe], want_window: bool,
+              concurrency: Sequence[LimitProbe] = ()) -> Verdict:
         now = time.time()
         keys: list[str] = []
-        reserved = tuple(p for p in limits if not p.hit)
+        reserved = tuple(p for p in limits if not p.hit) + tuple(concurrency)
         token = reservation_token() if reserved else "-"
         args: list[str] = [repr(now), str(len(failure)), "1" if auth_failed else "0",
                            "0" if jti is None else "1", str(len(limits)), "1" if want_window else "0",
-                           token]
+                           token, str(len(concurrency))]
         for probe in failure:
             keys.extend(self._keys(probe))
             args.append(f"{probe.item.amount} {probe.expiry} 1 1")
         for probe in limits:
             keys.extend(self._keys(probe))
             args.append(f"{probe.item.amount} {probe.expiry} {probe.cost} {int(probe.hit)}")
+        for probe in concurrency:
+            args.append(f"{probe.item.amount} {probe.cost}")
         if jti is not None:
             keys.append(self._revoked_prefix + jti)
         if reserved:
@@ -477,6 +369,8 @@ class RedisScriptBackend(Backend):
             return Verdict(revoked=True)
         if code == 4:
             return refusal(limits[index - 1], states(limits))
+        if code == 5:
+            return Verdict(busy=True, retry_after=1)
         best: WindowState | None = None
         for _, state in states(limits) if want_window else ():
             if best is None or (state.remaining, state.reset_in) < (best.remaining, best.reset_in):

@@ -1,5 +1,6 @@
-"""The places a ``count="failures"`` request holds while in flight, in this process or in
-Redis, each named by the request's reservation id and each with its own expiry."""
+"""The places a ``count="failures"`` or ``@concurrency_limit`` request holds while in
+flight, in this process or in Redis, each named by the request's reservation id and each with
+its own expiry."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from limits import RateLimitItem, parse_many
+from limits import RateLimitItem, RateLimitItemPerMinute, parse_many
 
 from ..identity import Identity
 
@@ -37,6 +37,8 @@ class LimitProbe:
     key: str = ""
     #: The window length in seconds (``item.get_expiry()``, read once).
     expiry: int = field(default=0, compare=False)
+    #: A ``@concurrency_limit``: ``item.amount`` places in flight, no window counted.
+    concurrent: bool = False
 
     def __post_init__(self) -> None:
         if not self.key:
@@ -57,13 +59,18 @@ class CompiledLimit:
     cost: int
     failures_only: bool
     text: str
+    #: From a ``limit=`` callable: its counter leaves the amount out, so a client whose plan
+    #: changes keeps its count.
+    dynamic: bool = False
+    #: A ``@concurrency_limit`` (``item.amount`` requests in flight; the item's window unused).
+    concurrent: bool = False
 
 
 class Declared(Protocol):
     """What one ``@rate_limit`` recorded (``policy.RateLimitSpec``)."""
 
     @property
-    def limit(self) -> str: ...
+    def limit(self) -> str | Callable[[], str]: ...
     @property
     def items(self) -> tuple[RateLimitItem, ...]: ...
     @property
@@ -74,6 +81,8 @@ class Declared(Protocol):
     def scope(self) -> str | None: ...
     @property
     def cost(self) -> int: ...
+    @property
+    def exempt_when(self) -> Callable[[], object] | None: ...
 
 
 def compile_limits(declared: Sequence[Declared], endpoint: str,
@@ -88,12 +97,131 @@ def compile_limits(declared: Sequence[Declared], endpoint: str,
         )
     compiled: list[CompiledLimit] = []
     for spec in declared:
+        if not isinstance(spec.limit, str):
+            continue  # computed per request: see compile_sources
         counter = f"scope:{spec.scope}" if spec.scope else f"view:{endpoint}"
         compiled.extend(
             CompiledLimit(item, counter, spec.key, spec.cost, spec.count == "failures", spec.limit)
             for item in spec.items
         )
     return tuple(compiled)
+
+
+class LimitError(Exception):
+    """A ``limit=`` or ``exempt_when=`` callable failed: the request is answered 500, never
+    let through unlimited."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LimitSource:
+    """One ``@rate_limit`` of a view whose limits are decided per request: by a ``limit=``
+    callable (``limit`` set; ``compiled`` empty) or skipped when ``exempt_when()`` is true."""
+
+    compiled: tuple[CompiledLimit, ...]
+    limit: Callable[[], str] | None
+    exempt_when: Callable[[], object] | None
+    counter: str
+    key: str | Callable[[], str]
+    cost: int
+    failures_only: bool
+
+
+def compile_sources(declared: Sequence[Declared], endpoint: str) -> tuple[LimitSource, ...] | None:
+    """The per-request sources of an endpoint's limits, or ``None`` when every limit is fixed
+    and unconditional (the route's precompiled limits then serve every request)."""
+    if not any(not isinstance(s.limit, str) or s.exempt_when is not None for s in declared):
+        return None
+    sources = []
+    for spec in declared:
+        counter = f"scope:{spec.scope}" if spec.scope else f"view:{endpoint}"
+        fixed = isinstance(spec.limit, str)
+        sources.append(LimitSource(
+            compile_limits([spec], endpoint, None) if fixed else (),
+            None if fixed else spec.limit,  # type: ignore[arg-type]
+            spec.exempt_when, counter, spec.key, spec.cost, spec.count == "failures",
+        ))
+    return tuple(sources)
+
+
+_PARSED_SIZE = 1024
+
+
+def _name(function: Callable[..., object]) -> str:
+    return str(getattr(function, "__qualname__", None) or getattr(function, "__name__", function))
+
+
+class LimitCache:
+    """The limits of ``limit=`` callables, parsed once per distinct string they return, and
+    the resolved tuples of limits, reused so that :class:`ProbeCache` finds them (both
+    bounded: past the bound a map starts afresh)."""
+
+    __slots__ = ("_parsed", "_resolved")
+
+    def __init__(self) -> None:
+        self._parsed: dict[tuple[LimitSource, str], tuple[CompiledLimit, ...]] = {}
+        self._resolved: dict[Any, tuple[CompiledLimit, ...]] = {}
+
+    def _compiled(self, source: LimitSource, text: str) -> tuple[CompiledLimit, ...]:
+        found = self._parsed.get((source, text))
+        if found is not None:
+            return found
+        assert source.limit is not None
+        try:
+            items = parse_many(text)
+        except ValueError:
+            items = []
+        if not items:
+            raise LimitError(f"the limit callable {_name(source.limit)} returned {text[:100]!r}, "
+                             "which is not a rate limit")
+        found = tuple(CompiledLimit(item, source.counter, source.key, source.cost,
+                                    source.failures_only, text, dynamic=True) for item in items)
+        if len(self._parsed) >= _PARSED_SIZE:
+            self._parsed.clear()
+        self._parsed[(source, text)] = found
+        return found
+
+    def resolve(self, sources: tuple[LimitSource, ...]) -> tuple[CompiledLimit, ...]:
+        """This request's limits: each source's, unless its ``exempt_when()`` is true.
+
+        :raises LimitError: when a callable raises, or a ``limit=`` callable returns anything
+            but a rate-limit string.
+        """
+        chosen: list[object] = []
+        for source in sources:
+            if source.exempt_when is not None:
+                try:
+                    exempt = source.exempt_when()
+                except Exception as exc:
+                    raise LimitError(
+                        f"the exempt_when callable {_name(source.exempt_when)} raised") from exc
+                if exempt:
+                    chosen.append(None)
+                    continue
+            if source.limit is None:
+                chosen.append(True)
+                continue
+            try:
+                text = source.limit()
+            except Exception as exc:
+                raise LimitError(f"the limit callable {_name(source.limit)} raised") from exc
+            if not isinstance(text, str):
+                raise LimitError(f"the limit callable {_name(source.limit)} returned a "
+                                 f"{type(text).__name__}, not a string")
+            chosen.append(text)
+        key = (sources, tuple(chosen))
+        found = self._resolved.get(key)
+        if found is not None:
+            return found
+        limits: list[CompiledLimit] = []
+        for source, choice in zip(sources, chosen, strict=True):
+            if choice is True:
+                limits.extend(source.compiled)
+            elif isinstance(choice, str):
+                limits.extend(self._compiled(source, choice))
+        if len(self._resolved) >= _PARSED_SIZE:
+            self._resolved.clear()
+        found = self._resolved[key] = tuple(limits)
+        return found
 
 
 def key_value(key: str | Callable[[], str], identity: Identity, client: str) -> str:
@@ -143,7 +271,7 @@ def counter_key(limit: CompiledLimit, key: str) -> str:
     view of the scope shares it, whatever amount each allows, as long as the window length is
     the same."""
     identifiers = (NAMESPACE, limit.counter, key)
-    if not limit.counter.startswith("scope:"):
+    if not limit.counter.startswith("scope:") and not limit.dynamic:
         return limit.item.key_for(*identifiers)
     item = limit.item
     return f"{item.namespace}/{'/'.join(identifiers)}/{item.multiples}/{item.GRANULARITY.name}"
@@ -169,7 +297,19 @@ def probes(limits: tuple[CompiledLimit, ...], identity: Identity, client: str,
 
 def _probe(limit: CompiledLimit, key: str) -> LimitProbe:
     return LimitProbe(limit.item, (NAMESPACE, limit.counter, key), limit.cost,
-                      hit=not limit.failures_only, key=counter_key(limit, key))
+                      hit=not limit.failures_only, key=counter_key(limit, key),
+                      concurrent=limit.concurrent)
+
+
+def compile_concurrency(declared: Sequence[tuple[int, str | Callable[[], str]]],
+                        endpoint: str) -> tuple[CompiledLimit, ...]:
+    """The ``@concurrency_limit`` places of an endpoint: ``(n, key)`` each, its own places per
+    view and bucket."""
+    return tuple(
+        CompiledLimit(RateLimitItemPerMinute(n), f"conc:{endpoint}", key, 1, True,
+                      f"{n} in flight", concurrent=True)
+        for n, key in declared
+    )
 
 
 class FailureLimit:

@@ -164,20 +164,23 @@ class SharedState:
 
     # -- the per-request question -------------------------------------------------------------
     def admit(self, failure: Sequence[LimitProbe], auth_failed: bool, jti: str | None,
-              limits: Sequence[LimitProbe], want_window: bool) -> Verdict:
+              limits: Sequence[LimitProbe], want_window: bool,
+              concurrency: Sequence[LimitProbe] = ()) -> Verdict:
         """In this order: is the client throttled for failed authentications (then nothing
         else is looked at); count this request's failed authentication (``auth_failed``); is
         ``jti`` revoked (counted as a failure too); then consume ``limits`` in order, stopping
-        at the first exceeded one. ``want_window`` asks for the ``RateLimit-*`` figures."""
+        at the first exceeded one; take a place in each of ``concurrency`` (all or nothing with
+        the limits). ``want_window`` asks for the ``RateLimit-*`` figures."""
         if self._down_since is None:
             try:
                 primary = self._primary if self._primary is not None else self.primary
-                return primary.admit(failure, auth_failed, jti, limits, want_window)
+                return primary.admit(failure, auth_failed, jti, limits, want_window, concurrency)
             except self.errors as exc:
                 self._mark_down(exc)
         elif self._claim_retry():
             try:
-                verdict = self.primary.admit(failure, auth_failed, jti, limits, want_window)
+                verdict = self.primary.admit(failure, auth_failed, jti, limits, want_window,
+                                             concurrency)
             except self.errors as exc:
                 self._mark_down(exc)
             else:
@@ -191,7 +194,7 @@ class SharedState:
             raise ServiceUnavailable("Rate limiting is unavailable right now.")
         if self.on_error == "open":
             return Verdict()
-        return self.fallback.admit(failure, auth_failed, None, limits, want_window)
+        return self.fallback.admit(failure, auth_failed, None, limits, want_window, concurrency)
 
     def settle(self, backend: Backend, probes: Sequence[LimitProbe], token: str, failed: bool,
                want_window: bool = False) -> list[WindowState]:
@@ -203,7 +206,7 @@ class SharedState:
         except self.errors as exc:
             self._mark_down(exc)  # the reservation expires with its TTL
             if failed and self.on_error == "fallback":
-                return self.fallback.hit(probes, want_window)
+                return self.fallback.hit([p for p in probes if not p.concurrent], want_window)
             return []
 
     def reset(self) -> None:
