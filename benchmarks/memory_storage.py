@@ -1,6 +1,6 @@
 """The memory storage under many distinct clients: memory per client, and the longest pause.
 
-Two figures, for ``memory://`` (and for every Redis deployment while it is in fallback):
+Three figures, for ``memory://`` (and for every Redis deployment while it is in fallback):
 
 - **memory**: the bytes the counters of ``--clients`` distinct client IPs take, each making
   one request to a view under the default limit (100 per 15 minutes, sliding window counter):
@@ -8,12 +8,16 @@ Two figures, for ``memory://`` (and for every Redis deployment while it is in fa
 - **pause**: ``--keys`` counters are created, the clock moves past their expiry, and the
   next ``--requests`` requests of new clients are timed one by one (the periodic sweep made
   due first; the garbage collector held off, whose full pass over a heap this size is a
-  pause of its own): the slowest is the pause a request pays for the table's upkeep.
+  pause of its own): the slowest is the pause a request pays for the table's upkeep;
+- **eviction pause**: ``--windows`` clients of a moving window (the table just big enough)
+  each make two requests, then the next ``--requests`` new clients are timed: each must make
+  room in a table whose every queue record is out of date (the worst case of eviction).
 
 Runs against whatever ``flask_apiguard`` is imported, so the same script measures an older
 checkout (``PYTHONPATH=/path/to/old/checkout``). Usage::
 
-    .venv/bin/python benchmarks/memory_storage.py [--clients 100000] [--keys 500000] [--quick]
+    .venv/bin/python benchmarks/memory_storage.py [--clients 100000] [--keys 500000]
+        [--windows 100000] [--quick]
 """
 
 from __future__ import annotations
@@ -45,9 +49,9 @@ def rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def shared_state(max_keys: int) -> SharedState:
+def shared_state(max_keys: int, strategy: str = "sliding-window-counter") -> SharedState:
     try:
-        return SharedState("memory://", {}, "sliding-window-counter", "fallback", max_keys)
+        return SharedState("memory://", {}, strategy, "fallback", max_keys)
     except TypeError:  # a checkout before APIGUARD_MEMORY_STORAGE_MAX_KEYS
         return SharedState("memory://", {}, "sliding-window-counter", "fallback")
 
@@ -114,20 +118,54 @@ def pause(keys: int, requests: int) -> tuple[float, float, float, int]:
     return first * 1000, durations[-1] * 1000, durations[len(durations) // 2] * 1000, left
 
 
+def eviction_pause(windows: int, requests: int) -> tuple[float, float, int]:
+    """The slowest and the median request (ms) of new moving-window clients in a full table
+    of ``windows`` windows each hit twice, and how far the table went over its bound."""
+    shared = shared_state(2 * windows, "moving-window")
+    addresses = ips(windows + requests, 3)
+    storage: Any = shared.primary.storage
+    real_time = time.time
+    now = [real_time()]
+    time.time = lambda: now[0]
+    try:
+        for ip in addresses[:windows]:
+            request(shared, ip)
+        now[0] += 1
+        for ip in addresses[:windows]:  # hit again: every window's queue record is out of date
+            request(shared, ip)
+        storage._next_sweep = float("inf")  # the periodic sweep is the other figure's
+        durations, over = [], 0
+        gc.collect()
+        gc.disable()
+        for ip in addresses[windows:]:
+            now[0] += 0.001
+            started = time.perf_counter()
+            request(shared, ip)
+            durations.append(time.perf_counter() - started)
+            over = max(over, len(storage.storage) + storage._event_entries - storage.max_keys)
+    finally:
+        gc.enable()
+        time.time = real_time
+    durations.sort()
+    return durations[-1] * 1000, durations[len(durations) // 2] * 1000, over
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=100_000)
     parser.add_argument("--keys", type=int, default=500_000)
     parser.add_argument("--requests", type=int, default=2_000)
+    parser.add_argument("--windows", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="small numbers (smoke check)")
     parser.add_argument("--rst", help="also write the table to this reST file (docs/performance/)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.clients, args.keys, args.requests = 2_000, 5_000, 200
+        args.clients, args.keys, args.requests, args.windows = 2_000, 5_000, 200, 5_000
     print(f"# {flask_apiguard.__file__}")
     per_client_rss, held = memory(args.clients, traced=False)
     per_client_traced, _ = memory(args.clients, traced=True)
     first, worst, median, left = pause(args.keys, args.requests)
+    evict_worst, evict_median, over = eviction_pause(args.windows, args.requests)
     report.emit(f"The in-memory counter table: {args.clients} clients of one request each, then "
                 f"the {args.requests} requests after {args.keys} counters expired",
                 ["what", "figure"],
@@ -137,7 +175,12 @@ def main(argv: list[str] | None = None) -> int:
                  ("first request after the expiry, ms (sweep due)", first),
                  ("slowest request, ms", worst),
                  ("median request, ms", median),
-                 ("counters left", left)], rst=args.rst, digits=3)
+                 ("counters left", left),
+                 (f"moving window, {args.windows} windows hit twice: slowest new client, ms",
+                  evict_worst),
+                 ("moving window: median new client, ms", evict_median),
+                 ("moving window: most counters over the bound", over)],
+                 rst=args.rst, digits=3)
     return 0
 
 

@@ -656,6 +656,151 @@ def test_a_full_memory_storage_still_limits_the_active_client(make_app: Any) -> 
     assert codes == [200, 200, 200, 429]
 
 
+#: The flood of the eviction tests: one fresh client of each IPv6 /64 (a /48 holds 65,536).
+FLOOD_MAX_KEYS = 200
+
+
+def _flood(client: Any, path: str, **kwargs: Any) -> None:
+    for n in range(FLOOD_MAX_KEYS + 1):
+        client.open(path, environ_base={"REMOTE_ADDR": f"2001:db8:0:{n + 2:x}::1"}, **kwargs)
+
+
+def test_a_flood_of_new_clients_does_not_reset_a_throttled_login(make_app: Any) -> None:
+    # the counter evicted first was the oldest: a throttled client's, so max_keys + 1 fresh
+    # /64s gave it a fresh budget of guesses
+    app = make_app(init=False, APIGUARD_MEMORY_STORAGE_MAX_KEYS=FLOOD_MAX_KEYS,
+                   APIGUARD_RATELIMIT_DEFAULT=None)
+
+    @app.post("/login")
+    @public
+    @rate_limit("3 per 15 minutes", key="ip", count="failures")
+    def login() -> Any:
+        return {"error": "bad password"}, 401
+
+    ApiGuard(app)
+    client = app.test_client()
+    me = {"REMOTE_ADDR": "2001:db8:0:1::1"}
+    assert [client.post("/login", environ_base=me).status_code for _ in range(4)] == \
+        [401, 401, 401, 429]
+    _flood(client, "/login", method="POST")
+    assert client.post("/login", environ_base=me).status_code == 429
+    assert guard_state(app).shared.primary.storage.size <= FLOOD_MAX_KEYS
+
+
+def test_a_flood_of_new_clients_does_not_reset_the_auth_failure_limit(make_app: Any) -> None:
+    # the same eviction reset the auth-failure limit of a client guessing tokens
+    app = make_app(APIGUARD_MEMORY_STORAGE_MAX_KEYS=FLOOD_MAX_KEYS,
+                   APIGUARD_AUTH_FAILURE_LIMIT="3 per 15 minutes")
+    client = app.test_client()
+    me = {"REMOTE_ADDR": "2001:db8:0:1::1"}
+    bad = {"Authorization": "Bearer not-a-token"}
+    assert [client.get("/private", headers=bad, environ_base=me).status_code
+            for _ in range(4)] == [401, 401, 401, 429]
+    _flood(client, "/private", headers=bad)
+    assert client.get("/private", headers=bad, environ_base=me).status_code == 429
+
+
+def test_a_flood_of_new_usernames_does_not_reset_a_throttled_username(make_app: Any) -> None:
+    # the same eviction, with key=callable on usernames sent from one address
+    app = make_app(init=False, APIGUARD_MEMORY_STORAGE_MAX_KEYS=FLOOD_MAX_KEYS,
+                   APIGUARD_RATELIMIT_DEFAULT=None)
+
+    @app.post("/login")
+    @public
+    @rate_limit("3 per 15 minutes", key=lambda: str(request.get_json()["user"]),
+                count="failures")
+    def login() -> Any:
+        return {"error": "bad password"}, 401
+
+    ApiGuard(app)
+    client = app.test_client()
+    assert [client.post("/login", json={"user": "alice"}).status_code for _ in range(4)] == \
+        [401, 401, 401, 429]
+    for n in range(FLOOD_MAX_KEYS + 1):
+        client.post("/login", json={"user": f"user-{n}"})
+    assert client.post("/login", json={"user": "alice"}).status_code == 429
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_memory_storage_evicts_one_hit_counters_before_those_hit_again(
+        clock: FakeClock, strategy: str) -> None:
+    # the oldest counter went first, however often its client had been counted
+    storage = LocalStorage(max_keys=40)
+    counter = LimitCounter(storage, strategy)
+    item = parse("3 per 15 minutes")
+
+    def hit(name: str) -> bool:
+        return counter.hit(LimitProbe(item, ("apiguard", "login", name)))
+
+    assert [hit("victim") for _ in range(4)] == [True, True, True, False]
+    for n in range(1_000):  # one hit each, from ever newer clients
+        clock.now += 0.1
+        hit(f"flood-{n}")
+        assert storage.size <= 40
+    assert not hit("victim")
+    assert storage.evicted > 900
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_memory_storage_protects_a_counter_at_a_limit_of_one(clock: FakeClock,
+                                                             strategy: str) -> None:
+    # one hit is a whole budget at a limit of 1: such a counter is no flood counter
+    storage = LocalStorage(max_keys=40)
+    counter = LimitCounter(storage, strategy)
+    once, more = parse("1 per 15 minutes"), parse("5 per 15 minutes")
+    assert counter.hit(LimitProbe(once, ("apiguard", "reset-password", "victim")))
+    for n in range(1_000):
+        clock.now += 0.1
+        counter.hit(LimitProbe(more, ("apiguard", "view", f"flood-{n}")))
+    assert not counter.hit(LimitProbe(once, ("apiguard", "reset-password", "victim")))
+
+
+def test_memory_storage_evicts_protected_counters_nearest_expiry_first(clock: FakeClock) -> None:
+    # with no one-hit counter left, the protected counter closest to its end goes
+    storage = LocalStorage(max_keys=3)
+    for key, lifetime in (("long-old", 3600), ("short", 10), ("long", 3600)):
+        clock.now += 1
+        storage.incr(key, lifetime)
+        storage.incr(key, lifetime)
+    storage.incr("new", 3600)  # full: no counter on probation but the new one
+    assert set(storage.storage) == {"long-old", "long", "new"}
+    storage.incr("newer", 3600)  # "new" is on probation: it goes, not a protected counter
+    assert set(storage.storage) == {"long-old", "long", "newer"}
+
+
+def test_evicting_moving_windows_looks_at_a_bounded_number_of_records(
+        clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    # _evict queued again every window hit since before it dropped one: O(n) steps (166 ms
+    # at 100k windows) in one request, under the lock of the whole table
+    windows = 5_000
+    storage = LocalStorage(max_keys=2 * windows)
+    for n in range(windows):
+        storage.acquire_entry(f"w{n}", 10, 600)
+    clock.now += 1
+    for n in range(windows):  # each window hit again: its queue record is out of date
+        storage.acquire_entry(f"w{n}", 10, 600)
+    assert storage.size == 2 * windows
+    steps = 0
+    evict_step = storage._evict_step
+
+    def counted(now: float) -> bool:
+        nonlocal steps
+        steps += 1
+        return evict_step(now)
+
+    monkeypatch.setattr(storage, "_evict_step", counted)
+    worst = over = 0
+    for n in range(2 * windows // LocalStorage.EVICT_BUDGET + 10):
+        clock.now += 0.01
+        steps = 0
+        assert storage.acquire_entry(f"new-{n}", 10, 600)
+        worst = max(worst, steps)
+        over = max(over, storage.size - storage.max_keys)
+    assert 0 < worst <= LocalStorage.EVICT_BUDGET  # was one step per window: 5,000
+    assert over <= 2 * windows // LocalStorage.EVICT_BUDGET  # over its bound briefly...
+    assert storage.size <= storage.max_keys  # ...and back within it
+
+
 # -- Redis: every key under the storage's key_prefix ---------------------------------------------
 
 def _keys_of_run(url: str, marker: str) -> list[str]:

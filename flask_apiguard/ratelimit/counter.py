@@ -24,7 +24,8 @@ class Counter:
     def __init__(self, storage: Storage, strategy: str) -> None:
         self.storage: Any = storage
         self.strategy = strategy
-        self.fast_sliding = strategy == "sliding-window-counter" and isinstance(storage, LocalStorage)
+        self.local = isinstance(storage, LocalStorage)
+        self.fast_sliding = strategy == "sliding-window-counter" and self.local
         if strategy not in ("sliding-window-counter", "fixed-window", "moving-window"):
             raise ApiGuardConfigError(f"APIGUARD_RATELIMIT_STRATEGY: {strategy!r} is not supported.")
 
@@ -34,6 +35,9 @@ class Counter:
             return bool(storage.acquire_sliding_window_entry(probe.key, item.amount,
                                                              probe.expiry, probe.cost))
         if self.strategy == "fixed-window":
+            if self.local:  # which protects a counter at its limit from eviction
+                return bool(storage.incr(probe.key, probe.expiry, amount=probe.cost,
+                                         limit=item.amount) <= item.amount)
             return bool(storage.incr(probe.key, probe.expiry, amount=probe.cost) <= item.amount)
         return bool(storage.acquire_entry(probe.key, item.amount, probe.expiry, amount=probe.cost))
 

@@ -32,8 +32,18 @@ class LocalStorage(MemoryStorage):
     of bounded size that never pauses a request to sweep it.
 
     - At most ``max_keys`` counters are held (a moving window's key weighs one per entry it
-      keeps). When a new counter finds the table full, the counters nearest their expiry are
-      dropped to make room (a dropped counter starts again from zero), with one warning.
+      keeps). When a new counter finds the table full, others are dropped to make room (a
+      dropped counter starts again from zero), with one warning, in two segments: a new
+      counter is on *probation*; one hit again (a count of 2 or more) or at its limit is
+      *protected*. Counters on probation go first, nearest their expiry first, so one-hit
+      counters (a flood of fresh clients) drop each other and never a client that is being
+      limited; a protected counter goes only when no other counter is on probation, nearest
+      its expiry first. The probation queue keeps a record per new counter; a record whose
+      counter was hit again since is skipped when it comes up (no per-key state, except
+      ``_pinned`` for the counters at a limit of 1 after their one hit).
+    - Each eviction does at most ``EVICT_BUDGET`` steps (a record looked at, dropped or
+      queued again): past it the table stays over its bound until the next new counters
+      catch up, instead of one request walking the whole table under the lock.
     - Counters of the same lifetime are created in the order they expire, so a queue per
       lifetime is expiry-ordered: each new counter drops up to ``SWEEP_STEP`` expired ones from
       the queues' heads (amortised O(1); never a walk over the table), and every
@@ -50,6 +60,8 @@ class LocalStorage(MemoryStorage):
     #: measured with 500k counters in the table, benchmarks/memory_storage.py).
     SWEEP_BATCH = 256
     DEFAULT_MAX_KEYS = 100_000
+    #: Queue records one eviction looks at, at most (benchmarks/memory_storage.py, pause).
+    EVICT_BUDGET = 64
 
     def __init__(self, max_keys: int = DEFAULT_MAX_KEYS) -> None:
         super().__init__()
@@ -65,6 +77,12 @@ class LocalStorage(MemoryStorage):
         #: The same for moving windows: one record per window, at its newest entry's expiry.
         self._event_queues: dict[float, tuple[deque[str], deque[float]]] = {}
         self._event_entries = 0
+        #: The probation segment: new counters (and moving windows), at their expiry then;
+        #: a record stays when its counter is hit again, and is skipped when it comes up.
+        self._probation: dict[float, tuple[deque[str], deque[float]]] = {}
+        self._event_probation: dict[float, tuple[deque[str], deque[float]]] = {}
+        #: Counters protected after one hit: at a limit of 1 (the others need a count of 2).
+        self._pinned: set[str] = set()
 
     def _MemoryStorage__schedule_expiry(self) -> None:
         pass  # sweeping happens when counters are created (see the class docstring)
@@ -99,8 +117,16 @@ class LocalStorage(MemoryStorage):
         if self.expirations.get(key) == until:
             self.storage.pop(key, None)
             del self.expirations[key]
+            if self._pinned:
+                self._pinned.discard(key)
             return True
         return False
+
+    def _drop_window(self, key: str, events: list[Any]) -> None:
+        del self.events[key]
+        self._event_entries -= len(events)
+        if self._pinned:
+            self._pinned.discard(key)
 
     def _settle_event_head(self, keys: deque[str], untils: deque[float],
                            drop_expired: bool) -> bool | None:
@@ -121,8 +147,7 @@ class LocalStorage(MemoryStorage):
         keys.popleft()
         untils.popleft()
         if events:
-            del self.events[key]
-            self._event_entries -= len(events)
+            self._drop_window(key, events)
             return True
         return False
 
@@ -141,35 +166,81 @@ class LocalStorage(MemoryStorage):
                 if self._settle_event_head(keys, untils, drop_windows) is False \
                         and len(keys) == before:
                     break  # an expired window left for the periodic sweep
+        for probation in (self._probation, self._event_probation):
+            for keys, untils in probation.values():  # records only: the counters go above
+                left = budget
+                while keys and untils[0] <= now and left > 0:
+                    left -= 1
+                    keys.popleft()
+                    untils.popleft()
+
+    @staticmethod
+    def _nearest(counters: dict[float, tuple[deque[str], deque[float]]],
+                 windows: dict[float, tuple[deque[str], deque[float]]],
+                 ) -> tuple[tuple[deque[str], deque[float]] | None, bool]:
+        """The queue whose first record expires first, and whether it queues moving windows."""
+        nearest: tuple[deque[str], deque[float]] | None = None
+        nearest_window = False
+        for window, queues in ((False, counters), (True, windows)):
+            for queue in queues.values():
+                if queue[1] and (nearest is None or queue[1][0] < nearest[1][0]):
+                    nearest, nearest_window = queue, window
+        return nearest, nearest_window
+
+    def _on_probation(self, key: str, until: float, window: bool) -> bool:
+        """Is the probation record (``key``, ``until``) still a counter hit once, not pinned?"""
+        if key in self._pinned:
+            return False
+        if window:
+            events = self.events.get(key)
+            return events is not None and len(events) == 1 and events[0].expiry == until
+        return self.expirations.get(key) == until and self.storage.get(key, 0) < 2
+
+    def _evict_step(self, now: float) -> bool:
+        """One step towards ``max_keys``: look at the first record of probation or, when
+        probation is empty, of the protected counters; drop its counter if it still is what
+        the record says. False when there is nothing left to look at."""
+        queue, window = self._nearest(self._probation, self._event_probation)
+        if queue is not None:
+            key, until = queue[0].popleft(), queue[1].popleft()
+            if not self._on_probation(key, until, window):
+                return True  # hit again since (protected now), or gone
+            if window:
+                self._drop_window(key, self.events[key])
+            else:
+                self._drop_counter(key, until)
+            dropped = True
+        else:
+            queue, window = self._nearest(self._queues, self._event_queues)
+            if queue is None:
+                return False  # nothing queued (counters only decremented): nothing to drop
+            until = queue[1][0]
+            if window:
+                dropped = self._settle_event_head(queue[0], queue[1], True) is True
+            else:
+                queue[1].popleft()
+                dropped = self._drop_counter(queue[0].popleft(), until)
+        if dropped and until > now:
+            self.evicted += 1
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "flask-apiguard: the memory storage holds "
+                    "APIGUARD_MEMORY_STORAGE_MAX_KEYS=%d counters; counters are dropped to "
+                    "make room (those hit once first), and start again from zero. "
+                    "Raise the setting or use APIGUARD_STORAGE_URI = 'redis://...'.",
+                    self.max_keys,
+                )
+        return True
 
     def _evict(self, now: float) -> None:
-        """Drop the counters nearest their expiry until the table fits ``max_keys``."""
-        while self.size > self.max_keys:
-            nearest: tuple[deque[str], deque[float]] | None = None
-            nearest_event = False
-            for event, queues in ((False, self._queues), (True, self._event_queues)):
-                for queue in queues.values():
-                    if queue[1] and (nearest is None or queue[1][0] < nearest[1][0]):
-                        nearest, nearest_event = queue, event
-            if nearest is None:
-                return  # nothing queued (counters only decremented): nothing to drop
-            until = nearest[1][0]
-            if nearest_event:
-                dropped = self._settle_event_head(nearest[0], nearest[1], True)
-            else:
-                nearest[1].popleft()
-                dropped = self._drop_counter(nearest[0].popleft(), until)
-            if dropped and until > now:
-                self.evicted += 1
-                if not self._warned:
-                    self._warned = True
-                    log.warning(
-                        "flask-apiguard: the memory storage holds "
-                        "APIGUARD_MEMORY_STORAGE_MAX_KEYS=%d counters; the counters nearest "
-                        "their expiry are dropped to make room, and start again from zero. "
-                        "Raise the setting or use APIGUARD_STORAGE_URI = 'redis://...'.",
-                        self.max_keys,
-                    )
+        """Drop counters until the table fits ``max_keys``, in at most ``EVICT_BUDGET`` steps
+        (the next new counters carry on)."""
+        budget = self.EVICT_BUDGET
+        while self.size > self.max_keys and budget > 0:
+            budget -= 1
+            if not self._evict_step(now):
+                return
 
     def _sweep(self) -> None:
         """Drop up to ``SWEEP_BATCH`` expired counters now."""
@@ -180,7 +251,22 @@ class LocalStorage(MemoryStorage):
     def get(self, key: str) -> int:
         return self._count(key, time.time())
 
-    def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+    def _new_counter(self, key: str, lifetime: float, until: float, now: float,
+                     at_limit: bool) -> None:
+        """Queue a counter just made (under the lock): room is made first, so the new counter
+        is never the one dropped; one hit, below its limit, puts it on probation."""
+        self.expirations[key] = until
+        self._created(now)
+        self._record(self._queues, lifetime, key, until)
+        if self.storage[key] < 2:
+            if at_limit:
+                self._pinned.add(key)
+            else:
+                self._record(self._probation, lifetime, key, until)
+
+    def incr(self, key: str, expiry: float, amount: int = 1, limit: int = 0) -> int:
+        """The parent's ``incr``; ``limit`` (when known, as for a fixed window) protects a
+        counter that reaches it with one hit."""
         now = time.time()
         self._count(key, now)  # expire on read, as the parent's incr does
         with self._lock:
@@ -188,10 +274,7 @@ class LocalStorage(MemoryStorage):
             counts[key] += amount
             value = counts[key]
             if value == amount:
-                until = now + expiry
-                self.expirations[key] = until
-                self._record(self._queues, expiry, key, until)
-                self._created(now)
+                self._new_counter(key, expiry, now + expiry, now, 0 < limit <= value)
         return value
 
     def decr(self, key: str, amount: int = 1) -> int:
@@ -201,6 +284,8 @@ class LocalStorage(MemoryStorage):
             counts = self.storage
             if key not in counts:  # expired, or dropped: nothing to take back
                 return 0
+            # a counter taken back to one hit stays where it is: promoted or not, it is
+            # looked at once more when its record comes up
             counts[key] = max(counts[key] - amount, 0)
             return counts[key]
 
@@ -208,6 +293,7 @@ class LocalStorage(MemoryStorage):
         with self._lock:
             self.storage.pop(key, None)
             self.expirations.pop(key, None)
+            self._pinned.discard(key)
             events = self.events.pop(key, None)
             if events:
                 self._event_entries -= len(events)
@@ -220,6 +306,9 @@ class LocalStorage(MemoryStorage):
             self.events.clear()
             self._queues.clear()
             self._event_queues.clear()
+            self._probation.clear()
+            self._event_probation.clear()
+            self._pinned.clear()
             self._event_entries = 0
             return count
 
@@ -248,16 +337,36 @@ class LocalStorage(MemoryStorage):
                 added -= len(events) - limit
                 del events[limit:]
             self._event_entries += added
+            self._created(timestamp)  # before the new window is queued: it is not dropped
             if created:
                 self._record(self._event_queues, expiry, key, new.expiry)
-            self._created(timestamp)
+                if len(events) < 2:
+                    if limit <= len(events):
+                        self._pinned.add(key)
+                    else:
+                        self._record(self._event_probation, expiry, key, new.expiry)
             return True
+
+    def _pin_hit_once(self, *keys: str) -> None:
+        """Protect the counters of one hit that keep a client at its limit (a limit of 1)."""
+        with self._lock:
+            for key in keys:
+                if self.storage.get(key) == 1:
+                    self._pinned.add(key)
+
+    def acquire_sliding_window_entry(self, key: str, limit: int, expiry: int,
+                                     amount: int = 1) -> bool:
+        """The parent's, as :meth:`acquire_sliding_window_with_state` does it (which knows
+        the limit, and so protects a counter at it)."""
+        return self.acquire_sliding_window_with_state(key, limit, expiry, amount)[0]
 
     def _count(self, key: str, now: float) -> int:
         """``get(key)`` as the parent does it (expired keys dropped), without its error wrapper."""
         if self.expirations.get(key, 0) <= now:
             self.storage.pop(key, None)
             self.expirations.pop(key, None)
+            if self._pinned:
+                self._pinned.discard(key)
             return 0
         return self.storage.get(key, 0)
 
@@ -285,6 +394,8 @@ class LocalStorage(MemoryStorage):
         if not previous:
             previous_ttl = 0.0
         if amount > limit or floor(weighted_count(previous, previous_ttl, current, expiry)) + amount > limit:
+            if previous < 2 and current < 2 and amount <= limit:  # at a limit of 1 or 2
+                self._pin_hit_once(previous_key, current_key)
             return False, (previous, previous_ttl, current, current_ttl)
         # incr(), minus the checks it repeats: the key was just read (and so expired) above
         with self._lock:
@@ -292,10 +403,8 @@ class LocalStorage(MemoryStorage):
             counts[current_key] += amount
             current = counts[current_key]
             if current == amount:
-                until = now + 2 * expiry
-                self.expirations[current_key] = until
-                self._record(self._queues, 2 * expiry, current_key, until)
-                self._created(now)
+                at_limit = floor(weighted_count(previous, previous_ttl, current, expiry)) >= limit
+                self._new_counter(current_key, 2 * expiry, now + 2 * expiry, now, at_limit)
         if floor(weighted_count(previous, previous_ttl, current, expiry)) > limit:
             self.decr(current_key, amount)  # lost a race with another thread, as the parent does
             return False, (previous, previous_ttl, current - amount, current_ttl)
