@@ -418,3 +418,46 @@ def dead_port() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield int(sock.getsockname()[1])
+
+
+# -- identity providers -------------------------------------------------------------------------
+
+@pytest.fixture
+def jwks_server() -> Iterator[Any]:
+    """A :class:`tests.jwks_server.JwksServer` on a free loopback port, stopped afterwards."""
+    from .jwks_server import JwksServer
+
+    server = JwksServer()
+    yield server
+    server.stop()
+
+
+class ProviderClock:
+    """The clock of :mod:`flask_apiguard.layers.jwt.remote` (TTLs and cooldowns), moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+@pytest.fixture
+def provider_clock(monkeypatch: pytest.MonkeyPatch) -> ProviderClock:
+    from flask_apiguard.layers.jwt import remote
+
+    clock = ProviderClock()
+    monkeypatch.setattr(remote, "time", clock)
+    return clock
+
+
+def provider_config(url: str, **overrides: Any) -> dict[str, Any]:
+    """Guard config for tokens of a provider whose JWKS is at ``url`` (no key of the app's own)."""
+    return {"APIGUARD_JWT_SECRET": None, "APIGUARD_JWT_ALGORITHMS": ["RS256"],
+            "APIGUARD_JWT_JWKS_URL": url, **overrides}
