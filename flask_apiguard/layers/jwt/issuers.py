@@ -114,8 +114,8 @@ def claim_value(claims: Mapping[str, Any], name: str) -> Any:
     """The value of claim ``name``: the claim of that exact name when there is one (Auth0's
     ``https://example.com/roles``, Cognito's ``cognito:groups``), else a dotted path into
     nested objects (Keycloak's ``realm_access.roles``, ``resource_access.my-api.roles``). A
-    name part may itself contain dots (``resource_access.my.api.roles``): the longest
-    matching part wins."""
+    name part may itself contain dots (``resource_access.my.api.roles``): each way of
+    cutting the name is tried, shortest first part first."""
     if name in claims:
         return claims[name]
     cut = name.find(".")
