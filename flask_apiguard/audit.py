@@ -369,6 +369,13 @@ def _provider_findings(state: GuardState) -> list[Finding]:
     key = "APIGUARD_JWT_ISSUERS" if config.jwt_issuers is not None else \
         "APIGUARD_JWT_JWKS_URL" if config.jwt_jwks_url is not None else "APIGUARD_JWT_ISSUER"
     found = []
+    if config.jwt_issuers is None and state.jwt.sources and \
+            (config.jwt_issuer is None or config.jwt_audience is None):
+        found.append(Finding("provider-audience-unset", "medium",
+                             "APIGUARD_JWT_AUDIENCE" if config.jwt_issuer else "APIGUARD_JWT_ISSUER",
+                             "Tokens come from an identity provider, but its issuer or this API's "
+                             "audience is not checked: a token it issued for another API would "
+                             "be accepted. Set APIGUARD_JWT_ISSUER and APIGUARD_JWT_AUDIENCE."))
     for source in state.jwt.sources:
         if source.last_attempt is None:  # not tried yet (init_app tries at start-up)
             source.refresh()

@@ -288,15 +288,19 @@ def test_keys_that_do_not_fit_the_algorithms_are_dropped(jwks_server: Any, rsa_k
     assert set(source.keys) == {"rsa"}
 
 
-@pytest.mark.parametrize("header", ["jku", "x5u"])
-def test_no_url_is_ever_taken_from_a_token(make_app: Any, provider: Any, other_rsa_key: Any,
-                                           header: str) -> None:
+@pytest.mark.parametrize("header", ["jku", "x5u", "jwk", "x5c"])
+def test_no_key_or_url_is_ever_taken_from_a_token(make_app: Any, provider: Any,
+                                                  other_rsa_key: Any, header: str) -> None:
     import jwt
+
+    from .jwks_server import public_jwk
 
     provider.publish(("k1", other_rsa_key), path="/evil")
     app = make_app(**provider_config(provider.url + "/jwks"))
+    values = {"jku": provider.url + "/evil", "x5u": provider.url + "/evil",
+              "jwk": public_jwk("k1", other_rsa_key), "x5c": ["MIIBIjANBgkqhkiG9w0BAQEFAAOC"]}
     token = jwt.encode({"sub": "x", "exp": int(time.time()) + 60}, other_rsa_key,
-                       algorithm="RS256", headers={"kid": "k1", header: provider.url + "/evil"})
+                       algorithm="RS256", headers={"kid": "k1", header: values[header]})
     assert app.test_client().get("/private", headers=bearer(token)).status_code == 401
     assert provider.hits["/evil"] == 0
 
@@ -325,3 +329,14 @@ def _wait_for(condition: Any, timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def test_a_provider_without_issuer_or_audience_is_reported(make_app: Any, provider: Any) -> None:
+    from flask_apiguard.audit import findings
+
+    app = make_app(**provider_config(provider.url + "/jwks"))
+    ids = {f.id: f for f in findings(app, guard_state(app))}
+    assert ids["provider-audience-unset"].severity == "medium"
+    checked = make_app(**provider_config(provider.url + "/jwks", APIGUARD_JWT_ISSUER="i",
+                                         APIGUARD_JWT_AUDIENCE="a"))
+    assert "provider-audience-unset" not in {f.id for f in findings(checked, guard_state(checked))}

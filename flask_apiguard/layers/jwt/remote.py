@@ -153,7 +153,6 @@ class KeySource:
         #: How many fetch attempts were made (each fetches the JWKS, and the discovery
         #: document before it when configured).
         self.fetch_count = 0
-        self._jwks_url = settings.jwks_url
 
     @property
     def name(self) -> str:
@@ -264,7 +263,6 @@ class KeySource:
             problem = url_problem(jwks_url)
             if problem:
                 raise FetchError(f"jwks_uri of {settings.discovery}: {problem}")
-            self._jwks_url = jwks_url
         assert jwks_url is not None
         document, max_age = self._fetch(jwks_url)
         entries = document.get("keys")
