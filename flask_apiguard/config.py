@@ -206,7 +206,7 @@ _SIMPLE: dict[str, Callable[[str, Any], Any]] = {
     "JWT_OIDC_DISCOVERY": read.boolean,
     "JWT_JWKS_CACHE_TTL": lambda k, v: read.integer(k, v, minimum=1),
     "JWT_JWKS_REFETCH_COOLDOWN": lambda k, v: read.integer(k, v, minimum=1),
-    "JWKS_ROUTE": read.openapi_route,
+    "JWKS_ROUTE": lambda k, v: read.openapi_route(k, v, "/.well-known/jwks.json"),
     "API_KEY_HEADER": read.header_name,
     "API_KEY_STORE": read.api_key_store,
     "AUTH_FAILURE_LIMIT": read.limit,

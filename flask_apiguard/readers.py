@@ -336,11 +336,12 @@ def error_type_base(key: str, value: Any) -> str | None:
     return base
 
 
-def openapi_route(key: str, value: Any) -> str | None:
+def openapi_route(key: str, value: Any, example: str = "/openapi.json") -> str | None:
+    """A fixed URL path for a route the guard adds (``None``: no route)."""
     route = string(key, value, optional=True)
     if route is not None and (not route.startswith("/") or "<" in route or any(
             ch.isspace() for ch in route)):
-        raise fail(key, f"{route!r} is not a URL path. Write a fixed path such as '/openapi.json', "
+        raise fail(key, f"{route!r} is not a URL path. Write a fixed path such as {example!r}, "
                         "or None to serve no document.")
     return route
 

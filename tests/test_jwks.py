@@ -317,6 +317,7 @@ def test_no_key_or_url_is_ever_taken_from_a_token(make_app: Any, provider: Any,
      "at least 1"),
     (provider_config("https://idp.example/jwks", APIGUARD_JWT_JWKS_REFETCH_COOLDOWN="x"),
      "whole number"),
+    ({"APIGUARD_JWKS_ROUTE": "jwks.json"}, "such as '/.well-known/jwks.json'"),
 ])
 def test_bad_provider_settings_fail_at_start_up(make_app: Any, config: dict[str, Any],
                                                 message: str) -> None:
