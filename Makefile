@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install lint typecheck docs bench perf-docs browser-deps clean
+.PHONY: run test install lint typecheck docs bench perf-docs browser-deps oidc-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,9 @@ install: $(STAMP)
 run: $(STAMP)
 	APIGUARD_FORCE_HTTPS=false $(BIN)/flask --app example_app run --host 127.0.0.1 --port 5000
 
-## Run the whole suite: lint, types, tests (Redis and browser tests are required when CI=true).
-test: $(STAMP) browser-deps
+## Run the whole suite: lint, types, tests (Redis, browser and OpenID Provider tests are
+## required when CI=true).
+test: $(STAMP) browser-deps oidc-deps
 	$(BIN)/ruff check flask_apiguard tests example_app benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
@@ -59,6 +60,15 @@ browser-deps:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
 		|| (echo "could not install chromium; the browser test will fail under CI=true" >&2; exit 1); \
 	else echo "note: no /usr/bin/chromium; the browser test will be skipped (apt-get install chromium chromium-driver)"; fi
+
+## npm's oidc-provider for the identity-provider tests, from tests/oidc/package-lock.json
+## (into tests/oidc/node_modules, not in git). Needs Node.js; required when CI=true.
+oidc-deps:
+	@if command -v node >/dev/null && command -v npm >/dev/null; then \
+		npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error; \
+	elif [ "$$CI" = "true" ]; then \
+		echo "Node.js and npm are required under CI=true (the OpenID Provider tests)" >&2; exit 1; \
+	else echo "note: no Node.js; the OpenID Provider tests will be skipped"; fi
 
 clean:
 	rm -rf $(VENV) docs/_build .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -52,6 +52,60 @@ def _ec_keys() -> tuple[str, str]:
     return private, public
 
 
+def _rsa_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _pem(key: Any) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def _jwks_server(key: Any, kid: str) -> str:
+    """A JWKS on a loopback HTTP server of this process (a provider's, fetched once at
+    start-up); its URL."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from jwt.algorithms import RSAAlgorithm
+
+    jwk = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    jwk.update(kid=kid, use="sig", alg="RS256")
+    body = json.dumps({"keys": [jwk]}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # http.server calls it by this name
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/jwks"
+
+
+def _provider_row(key: Any, url: str, **config: Any) -> tuple[Callable[..., Any], dict[str, Any], bytes]:
+    """RS256 tokens of an identity provider, verified with its JWKS (fetched at start-up)."""
+    import jwt
+
+    app = apps.apiguard_app(APIGUARD_JWT_SECRET=None, APIGUARD_JWT_ALGORITHMS=["RS256"],
+                            APIGUARD_JWT_JWKS_URL=url, **config)
+    now = int(time.time())
+    token = jwt.encode({"sub": "ada", "roles": ["admin"], "iat": now, "exp": now + 3600},
+                       key, algorithm="RS256", headers={"kid": "provider-1"})
+    return app, apps.environ_for(token), apps.BODY
+
+
 def _guard_row(**config: Any) -> tuple[Callable[..., Any], dict[str, Any], bytes]:
     app = apps.apiguard_app(**config)
     with app.app_context():
@@ -82,6 +136,26 @@ def rows(redis_url: str | None, prefix: str = "") -> list[Row]:
         APIGUARD_JWT_SECRET=None, APIGUARD_JWT_ALGORITHMS=["ES256"],
         APIGUARD_JWT_PRIVATE_KEY=private, APIGUARD_JWT_PUBLIC_KEY=public,
         APIGUARD_JWT_CACHE_SIZE=0)))
+    rsa_key = _rsa_key()
+    rsa_pem = _pem(rsa_key)
+    found.append(Row("ApiGuard, memory storage (RS256, local key)", lambda: _guard_row(
+        APIGUARD_JWT_SECRET=None, APIGUARD_JWT_ALGORITHMS=["RS256"],
+        APIGUARD_JWT_KEYS={"local-1": rsa_pem})))
+    found.append(Row("ApiGuard, memory storage (RS256, local key), token cache off",
+                     lambda: _guard_row(APIGUARD_JWT_SECRET=None, APIGUARD_JWT_ALGORITHMS=["RS256"],
+                                        APIGUARD_JWT_KEYS={"local-1": rsa_pem},
+                                        APIGUARD_JWT_CACHE_SIZE=0)))
+    jwks: list[str] = []  # the JWKS server starts only when a provider row is selected
+
+    def jwks_url() -> str:
+        if not jwks:
+            jwks.append(_jwks_server(rsa_key, "provider-1"))
+        return jwks[0]
+
+    found.append(Row("ApiGuard, memory storage (RS256 from a provider's JWKS)",
+                     lambda: _provider_row(rsa_key, jwks_url())))
+    found.append(Row("ApiGuard, memory storage (RS256 from a provider's JWKS), token cache off",
+                     lambda: _provider_row(rsa_key, jwks_url(), APIGUARD_JWT_CACHE_SIZE=0)))
     if redis_url:
         options = {"key_prefix": prefix or apps.redis_prefix()}
         found.append(Row("ApiGuard, Redis storage", lambda: _guard_row(

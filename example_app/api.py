@@ -25,7 +25,7 @@ from flask_apiguard import (
 )
 
 from . import schemas
-from .db import create_user, find_user, get_db
+from .db import create_user, ensure_provider_user, find_user, get_db
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -54,6 +54,8 @@ def health() -> Any:
 @rate_limit("5 per 15 minutes", key="ip", count="failures")
 @validate(schemas.Login)
 def login(json_data: dict[str, Any]) -> Any:
+    if current_app.config["EXAMPLE_PROVIDER_MODE"]:
+        abort(404, "Sign in with your identity provider: this app issues no tokens of its own.")
     user = find_user(get_db(), json_data["username"])
     stored = user["password_hash"] if user else _dummy_hash(current_app.config["EXAMPLE_PASSWORD_METHOD"])
     if not check_password_hash(stored, json_data["password"]) or user is None:
@@ -68,6 +70,8 @@ def login(json_data: dict[str, Any]) -> Any:
 @bp.post("/auth/logout")
 @require_jwt
 def logout() -> Any:
+    if current_app.config["EXAMPLE_PROVIDER_MODE"]:
+        abort(404, "Sign out with your identity provider: this app issues no tokens of its own.")
     header = request.headers["Authorization"]
     guard.revoke_token(header.split(None, 1)[1].strip())
     return "", 204
@@ -194,6 +198,8 @@ def list_notes_v1() -> Any:
 @validate(schemas.NoteIn)
 def create_note(json_data: dict[str, Any]) -> Any:
     db = get_db()
+    if current_app.config["EXAMPLE_PROVIDER_MODE"] and current_identity.method == "jwt":
+        ensure_provider_user(db, current_identity.subject or "")  # first note of a provider user
     if find_user(db, current_identity.subject or "") is None:
         # e.g. an API key made with the CLI and no --owner: it has no user to own notes
         abort(403, "Only a user account can own notes: create the key with an owner.")

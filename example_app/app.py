@@ -25,6 +25,10 @@ EXAMPLE_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: Any of these (from the environment) switches on "use your identity provider" mode.
+PROVIDER_KEYS = ("APIGUARD_JWT_JWKS_URL", "APIGUARD_JWT_OIDC_DISCOVERY", "APIGUARD_JWT_ISSUERS")
+
+
 def _from_environment() -> dict[str, Any]:
     """``APIGUARD_*``, ``EXAMPLE_*`` and ``SECRET_KEY`` from the environment (JSON values
     such as ``true``, ``3`` or ``["https://a.example"]`` are decoded; anything else is a string)."""
@@ -61,13 +65,19 @@ def _jwt_secret(instance: Path) -> str:
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the example API. ``config`` overrides the environment, which overrides defaults."""
     app = Flask(__name__, instance_relative_config=True)
+    given = {**_from_environment(), **(config or {})}
     app.config.update(EXAMPLE_DEFAULTS)
-    app.config.update(_from_environment())
-    app.config.update(config or {})
+    app.config.update(given)
     instance = Path(app.instance_path)
     instance.mkdir(parents=True, exist_ok=True)
     app.config.setdefault("EXAMPLE_DATABASE", str(instance / "example.sqlite3"))
-    if not app.config.get("APIGUARD_JWT_SECRET") and not app.config.get("APIGUARD_JWT_KEYS") \
+    # "Use your identity provider" mode: tokens come from the provider, none are issued here
+    provider = any(app.config.get(key) for key in PROVIDER_KEYS)
+    app.config["EXAMPLE_PROVIDER_MODE"] = provider
+    if provider and "APIGUARD_JWT_REVOCATION" not in given:
+        # logout is the provider's, and not every provider's tokens carry a jti
+        app.config["APIGUARD_JWT_REVOCATION"] = False
+    elif not app.config.get("APIGUARD_JWT_SECRET") and not app.config.get("APIGUARD_JWT_KEYS") \
             and not app.config.get("APIGUARD_JWT_PRIVATE_KEY"):
         app.config["APIGUARD_JWT_SECRET"] = _jwt_secret(instance)
 

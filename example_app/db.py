@@ -65,6 +65,15 @@ def create_user(db: sqlite3.Connection, username: str, email: str, password: str
     )
 
 
+def ensure_provider_user(db: sqlite3.Connection, username: str) -> None:
+    """A local account for a user of the identity provider (created on first sight, with no
+    password: they sign in at the provider)."""
+    db.execute(
+        "INSERT OR IGNORE INTO users (username, email, password_hash, roles, created_at) "
+        "VALUES (?, '', '!', '[]', ?)", (username, time.time()),
+    )
+
+
 def find_user(db: sqlite3.Connection, username: str) -> dict[str, Any] | None:
     row = db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
     if row is None:

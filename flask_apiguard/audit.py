@@ -319,6 +319,7 @@ def findings(app: Flask, state: GuardState) -> list[Finding]:
                     "Responses to authenticated requests may be stored by caches."))
     found.extend(_sunset_findings(app, config.sunset_enforce))
     found.extend(_converter_findings(app))
+    found.extend(_provider_findings(state))
     order = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(found, key=lambda f: order[f.severity])
 
@@ -366,6 +367,32 @@ def _sunset_findings(app: Flask, enforce: bool) -> list[Finding]:
                     f"{rule.rule} passed its sunset ({day}) but still answers, because "
                     "APIGUARD_SUNSET_ENFORCE is False. Remove the route, or move its sunset.",
                 ))
+    return found
+
+
+def _provider_findings(state: GuardState) -> list[Finding]:
+    """An identity provider whose keys could not be fetched (a wrong URL, a provider down, a
+    discovery document naming another issuer): its tokens get 503 until it is reached."""
+    config = state.config
+    key = "APIGUARD_JWT_ISSUERS" if config.jwt_issuers is not None else \
+        "APIGUARD_JWT_JWKS_URL" if config.jwt_jwks_url is not None else "APIGUARD_JWT_ISSUER"
+    found = []
+    if config.jwt_issuers is None and state.jwt.sources and \
+            (config.jwt_issuer is None or config.jwt_audience is None):
+        found.append(Finding("provider-audience-unset", "medium",
+                             "APIGUARD_JWT_AUDIENCE" if config.jwt_issuer else "APIGUARD_JWT_ISSUER",
+                             "Tokens come from an identity provider, but its issuer or this API's "
+                             "audience is not checked: a token it issued for another API would "
+                             "be accepted. Set APIGUARD_JWT_ISSUER and APIGUARD_JWT_AUDIENCE."))
+    for source in state.jwt.sources:
+        if source.last_attempt is None:  # not tried yet (init_app tries at start-up)
+            source.refresh()
+        if source.last_error is not None:
+            kept = "the last good keys are kept" if source.ever_fetched else \
+                "no keys were ever fetched, so its tokens get 503 until it is reached"
+            found.append(Finding("jwks-unavailable", "high", key,
+                                 f"The identity provider's keys could not be fetched: "
+                                 f"{source.last_error} ({kept}). Check the URL and the issuer."))
     return found
 
 

@@ -9,6 +9,7 @@ the package reads ``app.config`` during a request. The readers of single values 
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,13 @@ DEFAULTS: dict[str, Any] = {
     "JWT_ROLES_CLAIM": "roles",
     "JWT_REVOCATION": False,
     "JWT_CACHE_SIZE": 1024,
+    "JWT_SCOPES_CLAIM": "scope",
+    "JWT_JWKS_URL": None,
+    "JWT_OIDC_DISCOVERY": False,
+    "JWT_JWKS_CACHE_TTL": 600,
+    "JWT_JWKS_REFETCH_COOLDOWN": 30,
+    "JWT_ISSUERS": None,
+    "JWKS_ROUTE": None,
     "API_KEY_HEADER": "X-API-Key",
     "API_KEY_STORE": "sqlite:///apiguard.sqlite3",
     "API_KEY_PREFIX": "agk",
@@ -122,6 +130,14 @@ class GuardConfig:
     jwt_roles_claim: str
     jwt_revocation: bool
     jwt_cache_size: int
+    jwt_scopes_claim: str
+    jwt_jwks_url: str | None
+    jwt_oidc_discovery: bool
+    jwt_jwks_cache_ttl: int
+    jwt_jwks_refetch_cooldown: int
+    #: ``APIGUARD_JWT_ISSUERS``, each entry normalised (see :func:`_issuers`).
+    jwt_issuers: tuple[Mapping[str, Any], ...] | None
+    jwks_route: str | None
     api_key_header: str
     api_key_store: str
     api_key_prefix: str
@@ -192,6 +208,12 @@ _SIMPLE: dict[str, Callable[[str, Any], Any]] = {
     "JWT_ROLES_CLAIM": read.string,
     "JWT_REVOCATION": read.boolean,
     "JWT_CACHE_SIZE": lambda k, v: read.integer(k, v, minimum=0),
+    "JWT_SCOPES_CLAIM": read.string,
+    "JWT_JWKS_URL": read.fetch_url,
+    "JWT_OIDC_DISCOVERY": read.boolean,
+    "JWT_JWKS_CACHE_TTL": lambda k, v: read.integer(k, v, minimum=1),
+    "JWT_JWKS_REFETCH_COOLDOWN": lambda k, v: read.integer(k, v, minimum=1),
+    "JWKS_ROUTE": lambda k, v: read.openapi_route(k, v, "/.well-known/jwks.json"),
     "API_KEY_HEADER": read.header_name,
     "API_KEY_STORE": read.api_key_store,
     "AUTH_FAILURE_LIMIT": read.limit,
@@ -296,6 +318,9 @@ def load_config(config: Mapping[str, Any], instance_path: str = ".",
     if parsed["JWT_MAX_AGE"] is not None and "iat" not in parsed["JWT_REQUIRED_CLAIMS"]:
         parsed["JWT_REQUIRED_CLAIMS"] = (*parsed["JWT_REQUIRED_CLAIMS"], "iat")
 
+    parsed["JWT_ISSUERS"] = _issuers("JWT_ISSUERS", raw["JWT_ISSUERS"])
+    _check_providers(parsed)
+
     if parsed["CORS_CREDENTIALS"]:
         for origin in parsed["CORS_ORIGINS"]:
             if origin in ("*", "null"):
@@ -312,3 +337,92 @@ def load_config(config: Mapping[str, Any], instance_path: str = ".",
                 )
 
     return GuardConfig(**{name.lower(): parsed[name] for name in DEFAULTS}, raw=raw)
+
+
+def _check_providers(parsed: dict[str, Any]) -> None:
+    """The identity-provider keys agree with each other and with the algorithms."""
+    remote = parsed["JWT_JWKS_URL"] is not None or parsed["JWT_OIDC_DISCOVERY"]
+    if parsed["JWT_JWKS_URL"] is not None and parsed["JWT_OIDC_DISCOVERY"]:
+        raise read.fail("JWT_OIDC_DISCOVERY", "set either APIGUARD_JWT_JWKS_URL or "
+                        "APIGUARD_JWT_OIDC_DISCOVERY (the keys' URL is then found through the "
+                        "issuer's discovery document), not both.")
+    if parsed["JWT_OIDC_DISCOVERY"]:
+        issuer = parsed["JWT_ISSUER"]
+        if issuer is None:
+            raise read.fail("JWT_OIDC_DISCOVERY", "needs APIGUARD_JWT_ISSUER: the discovery "
+                            "document is found at <issuer>/.well-known/openid-configuration.")
+        read.fetch_url("JWT_ISSUER", issuer)
+    if remote and set(parsed["JWT_ALGORITHMS"]) & HMAC_ALGORITHMS:
+        raise read.fail("JWT_ALGORITHMS", f"is {list(parsed['JWT_ALGORITHMS'])}, but an identity "
+                        "provider signs with public keys: set it to the provider's, e.g. "
+                        '["RS256"].')
+    if parsed["JWT_ISSUERS"] is not None:
+        if remote:
+            raise read.fail("JWT_ISSUERS", "is set together with APIGUARD_JWT_JWKS_URL or "
+                            "APIGUARD_JWT_OIDC_DISCOVERY: with several issuers, put each "
+                            "provider in APIGUARD_JWT_ISSUERS.")
+        own = parsed["JWT_ISSUER"]
+        if own is not None and any(entry["issuer"] == own for entry in parsed["JWT_ISSUERS"]):
+            raise read.fail("JWT_ISSUERS", f"lists {own!r}, which is APIGUARD_JWT_ISSUER (this "
+                            "app's own tokens); give the provider's issuer instead.")
+
+
+_ISSUER_FIELDS = frozenset({"issuer", "audience", "jwks_url", "discovery", "algorithms",
+                            "roles_claim", "scopes_claim"})
+
+
+def _issuers(key: str, value: Any) -> tuple[dict[str, Any], ...] | None:
+    """``APIGUARD_JWT_ISSUERS``: a list of dicts, each normalised to every field of
+    :data:`_ISSUER_FIELDS` (``discovery`` becomes the document's URL or ``None``; the
+    claims ``None`` when not given)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise read.fail(key, "expected a list of dicts (or a JSON array string).") from None
+    if not isinstance(value, list | tuple) or not value:
+        raise read.fail(key, "expected a non-empty list of dicts, one per issuer.")
+    found: list[dict[str, Any]] = []
+    for position, entry in enumerate(value):
+        where = f"JWT_ISSUERS[{position}]"
+        if not isinstance(entry, Mapping):
+            raise read.fail(where, f"expected a dict, got {type(entry).__name__}.")
+        unknown = set(entry) - _ISSUER_FIELDS
+        if unknown:
+            raise read.fail(where, f"unknown field(s) {sorted(unknown)}; use {sorted(_ISSUER_FIELDS)}.")
+        issuer = read.string(where + "['issuer']", entry.get("issuer"))
+        assert issuer is not None
+        if any(issuer == other["issuer"] for other in found):
+            raise read.fail(where, f"the issuer {issuer!r} is listed twice.")
+        discovery = entry.get("discovery", False)
+        if discovery is True:
+            discovery = read.discovery_url(issuer)
+        elif discovery is False or discovery is None:
+            discovery = None
+        else:
+            discovery = read.fetch_url(where + "['discovery']", discovery)
+        jwks_url = read.fetch_url(where + "['jwks_url']", entry.get("jwks_url"))
+        if (jwks_url is None) == (discovery is None):
+            raise read.fail(where, "set either 'jwks_url' or 'discovery' (True, or the URL of the "
+                              "OpenID discovery document), not both and not neither.")
+        algs = read.algorithms(where + "['algorithms']", entry.get("algorithms"))
+        if set(algs) & HMAC_ALGORITHMS:
+            raise read.fail(where + "['algorithms']", "an identity provider's keys are public keys: "
+                                                 "use RS256, ES256 or EdDSA, never HS*.")
+        audience = entry.get("audience")
+        found.append({
+            "issuer": issuer,
+            "audience": read.string_list(where + "['audience']",
+                                    [audience] if isinstance(audience, str) else audience,
+                                    optional=True),
+            "jwks_url": jwks_url,
+            "discovery": discovery,
+            "algorithms": algs,
+            "roles_claim": read.string(where + "['roles_claim']", entry.get("roles_claim"),
+                                  optional=True),
+            "scopes_claim": read.string(where + "['scopes_claim']", entry.get("scopes_claim"),
+                                   optional=True),
+        })
+    return tuple(found)

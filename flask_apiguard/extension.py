@@ -9,10 +9,10 @@ the per-request state :mod:`flask_apiguard.context`.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -37,9 +37,11 @@ from .errors import (
     InvalidApiKey,
     InvalidHost,
     InvalidScheme,
+    InvalidToken,
     MethodNotAllowed,
     NotFound,
     RateLimitExceeded,
+    ServiceUnavailable,
     TokenRevoked,
     TooManyAuthFailures,
     Unauthorized,
@@ -48,12 +50,13 @@ from .errors import (
 from .identity import ANONYMOUS, Identity, holds
 from .layers import proxies
 from .layers.validation import load as load_location
-from .policy import Route, public
+from .policy import Route
 from .ratelimit import adopt
 from .ratelimit.adopt import AdoptedProbe
 from .ratelimit.probes import LimitProbe, probes
 from .ratelimit.select import exempt, route_probes
 from .response import SECURE_SCHEMES
+from .routes import add_routes
 from .state import EXTENSION_NAME, GuardState, current_state
 
 if TYPE_CHECKING:
@@ -80,36 +83,6 @@ def _authorization_refusal(route: Route, identity: Identity) -> ApiGuardError | 
     return None
 
 
-#: The endpoint of the route ``APIGUARD_OPENAPI_ROUTE`` adds.
-OPENAPI_ENDPOINT = "apiguard_openapi"
-
-
-@public
-def _serve_openapi() -> ResponseReturnValue:
-    """The app's OpenAPI document (``APIGUARD_OPENAPI_ROUTE``), built at its first request."""
-    state = current_state()
-    if state.openapi_document is None:
-        document = openapi.document_for(current_app, state)
-        state.openapi_document = json.dumps(document, indent=2).encode()
-    return Response(state.openapi_document, mimetype="application/json")
-
-
-def _merge_into_apiflask(app: Flask, state: GuardState) -> None:
-    """Chain the guard's part into APIFlask's spec processor, so that APIFlask's own spec
-    route (and its docs UI) shows it too. A processor the app registers after ``init_app``
-    replaces this one; :meth:`ApiGuard.openapi` merges either way."""
-    previous = getattr(app, "spec_callback", None)
-
-    def process(spec: Any) -> Any:
-        if previous is not None:
-            spec = previous(spec)
-        if isinstance(spec, dict):  # not with SPEC_PROCESSOR_PASS_OBJECT (an APISpec)
-            openapi.merge_into(spec, state)
-        return spec
-
-    app.spec_callback = process  # type: ignore[attr-defined]
-
-
 def _gone_detail(route: Route) -> str:
     deprecation = route.deprecation
     assert deprecation is not None and deprecation.sunset is not None
@@ -134,6 +107,7 @@ class ApiGuard:
 
     def __init__(self, app: Flask | None = None, *, limiter: Limiter | None = None) -> None:
         self._limiter = limiter
+        self._identity_loader: Callable[[Identity], Any] | None = None
         if app is not None:
             self.init_app(app, limiter=limiter)
 
@@ -168,12 +142,15 @@ class ApiGuard:
         ``APIGUARD_TRUSTED_HOSTS``, ``APIGUARD_TRUSTED_PROXIES``, ``APIGUARD_ALLOWED_METHODS``,
         ``APIGUARD_REQUEST_ID_HEADER``, ``APIGUARD_TRUST_REQUEST_ID``, ``APIGUARD_SANITIZER``,
         ``APIGUARD_SECURITY_LOG``, ``APIGUARD_ERROR_TYPE_BASE``, ``APIGUARD_SUNSET_ENFORCE``,
-        ``APIGUARD_OPENAPI_ROUTE``, ``APIGUARD_OPENAPI_INFO``; Flask's
-        ``MAX_CONTENT_LENGTH`` (the smaller limit wins); and, where no ``APIGUARD_*`` key is
-        set, flask-limiter's ``RATELIMIT_STORAGE_URI``, ``RATELIMIT_STORAGE_OPTIONS``,
-        ``RATELIMIT_STRATEGY``, ``RATELIMIT_DEFAULT``, ``RATELIMIT_ENABLED``,
-        ``RATELIMIT_HEADERS_ENABLED``, ``RATELIMIT_IN_MEMORY_FALLBACK_ENABLED`` and
-        ``RATELIMIT_SWALLOW_ERRORS`` (``docs/config.rst``).
+        ``APIGUARD_OPENAPI_ROUTE``, ``APIGUARD_OPENAPI_INFO``, ``APIGUARD_JWT_SCOPES_CLAIM``,
+        ``APIGUARD_JWT_JWKS_URL``, ``APIGUARD_JWT_OIDC_DISCOVERY``,
+        ``APIGUARD_JWT_JWKS_CACHE_TTL``, ``APIGUARD_JWT_JWKS_REFETCH_COOLDOWN``,
+        ``APIGUARD_JWT_ISSUERS``, ``APIGUARD_JWKS_ROUTE``; Flask's ``MAX_CONTENT_LENGTH``
+        (the smaller limit wins); and, where no ``APIGUARD_*`` key is set, flask-limiter's
+        ``RATELIMIT_STORAGE_URI``, ``RATELIMIT_STORAGE_OPTIONS``, ``RATELIMIT_STRATEGY``,
+        ``RATELIMIT_DEFAULT``, ``RATELIMIT_ENABLED``, ``RATELIMIT_HEADERS_ENABLED``,
+        ``RATELIMIT_IN_MEMORY_FALLBACK_ENABLED`` and ``RATELIMIT_SWALLOW_ERRORS``
+        (``docs/config.rst``).
 
         :raises ApiGuardConfigError: for a bad value, naming the key and the fix.
         :raises RuntimeError: when ``app`` already has an ApiGuard.
@@ -233,11 +210,10 @@ class ApiGuard:
         proxies.install(app, config.trusted_proxies)
         app.register_error_handler(wz.HTTPException, self._handle_http_error)
         app.cli.add_command(apiguard_cli)
-        if config.openapi_route is not None:
-            app.add_url_rule(config.openapi_route, endpoint=OPENAPI_ENDPOINT,
-                             view_func=_serve_openapi, methods=["GET"])
+        add_routes(app, config)
         if openapi.is_apiflask(app):
-            _merge_into_apiflask(app, state)
+            openapi.merge_into_apiflask(app, state)
+        state.jwt.fetch_keys()  # the identity providers' keys, when reachable
         warn_at_startup(app, state)
 
     # -- the pipeline -------------------------------------------------------------------------
@@ -309,6 +285,8 @@ class ApiGuard:
             presented = True
             try:
                 identity, jti = state.jwt.verify_header(header)
+            except ServiceUnavailable:  # no provider keys yet: the client did nothing wrong
+                raise
             except ApiGuardError as exc:
                 auth_error = exc
         elif route.api_key and (plaintext := environ.get(state.api_key_environ)):
@@ -318,6 +296,8 @@ class ApiGuard:
                 auth_error = InvalidApiKey()
             else:
                 identity = identity_of(key)
+        if auth_error is None and identity.is_authenticated and self._identity_loader is not None:
+            identity, auth_error = self._load_user(identity)
         if auth_error is None:
             current.identity = identity  # a limit's key function may read current_identity
         # 8. authorization (no I/O). Decided here, since a refused request counts against no
@@ -379,6 +359,17 @@ class ApiGuard:
             req.view_args = view_args
         # 11. the view
         return None
+
+    def _load_user(self, identity: Identity) -> tuple[Identity, ApiGuardError | None]:
+        """Run the ``@identity_loader`` function: the identity with its ``user``, or a
+        refusal with the credential's failure code when it returned ``None``."""
+        assert self._identity_loader is not None
+        user = current_app.ensure_sync(self._identity_loader)(identity)
+        if user is not None:
+            return dataclasses.replace(identity, user=user), None
+        if identity.method == "jwt":
+            return ANONYMOUS, InvalidToken("The token's subject is not a known user.")
+        return ANONYMOUS, InvalidApiKey()
 
     @staticmethod
     def _allowed_for(req: Request, allowed: Iterable[str]) -> list[str]:
@@ -481,6 +472,21 @@ class ApiGuard:
             else ``"0.0.0"``).
         """
         return openapi.document_for(current_app, current_state(), title=title, version=version)
+
+    def identity_loader(self, loader: Callable[[Identity], Any]) -> Callable[[Identity], Any]:
+        """Register ``loader(identity) -> user | None`` (a decorator). It runs once per
+        authenticated request, after the JWT or API key is verified and before ``@roles``;
+        its result is ``current_identity.user``. ``None`` refuses the request with 401 and
+        the credential's failure code (``invalid_token`` or ``invalid_api_key``): a deleted
+        user's still-valid token stops working. It may be a coroutine function."""
+        self._identity_loader = loader
+        return loader
+
+    def jwks(self) -> dict[str, Any]:
+        """The public JWKS (``{"keys": [...]}``) of the current app's own asymmetric keys,
+        for other services to verify its tokens; an HMAC secret is never in it. Served at
+        ``APIGUARD_JWKS_ROUTE`` when set (needs an app context)."""
+        return current_state().jwt.jwks()
 
     @property
     def api_keys(self) -> ApiKeyStore:

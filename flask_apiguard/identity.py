@@ -22,6 +22,8 @@ class Identity:
     :param claims: the verified JWT claims (empty for API keys), read-only.
     :param method: ``"jwt"``, ``"api_key"`` or ``None`` when anonymous.
     :param key_id: the API key's id, when authenticated by key.
+    :param user: what the ``@guard.identity_loader`` function returned for this identity
+        (``None`` without a loader, and when anonymous).
     """
 
     subject: str | None = None
@@ -30,6 +32,7 @@ class Identity:
     claims: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     method: str | None = None
     key_id: str | None = None
+    user: Any = field(default=None, compare=False)
 
     @property
     def is_authenticated(self) -> bool:

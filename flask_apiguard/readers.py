@@ -4,12 +4,14 @@ wrong and how to fix it. :mod:`flask_apiguard.config` maps every key to one of t
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ApiGuardConfigError
 from .networks import NetworkSet, parse_networks
@@ -355,11 +357,12 @@ def error_type_base(key: str, value: Any) -> str | None:
     return base
 
 
-def openapi_route(key: str, value: Any) -> str | None:
+def openapi_route(key: str, value: Any, example: str = "/openapi.json") -> str | None:
+    """A fixed URL path for a route the guard adds (``None``: no route)."""
     route = string(key, value, optional=True)
     if route is not None and (not route.startswith("/") or "<" in route or any(
             ch.isspace() for ch in route)):
-        raise fail(key, f"{route!r} is not a URL path. Write a fixed path such as '/openapi.json', "
+        raise fail(key, f"{route!r} is not a URL path. Write a fixed path such as {example!r}, "
                         "or None to serve no document.")
     return route
 
@@ -409,3 +412,46 @@ def matches_anything(pattern: str) -> bool:
     compiled = re.compile(pattern, re.IGNORECASE)
     probes = ("null", "https://attacker.invalid", "http://evil.test", "https://x.evil.invalid")
     return any(compiled.fullmatch(probe) for probe in probes)
+
+
+# -- identity providers --------------------------------------------------------------------
+
+_DISCOVERY_PATH = "/.well-known/openid-configuration"
+
+
+def url_problem(url: str) -> str | None:
+    """Why keys may not be fetched from ``url`` (``https://`` only; ``http://`` only from a
+    loopback host), or ``None``."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return f"{url!r} is not a URL."
+    if parts.scheme == "https" and host:
+        return None
+    if parts.scheme == "http" and host and _is_loopback(host):
+        return None
+    return (f"{url!r} is refused: keys are fetched over https:// only (http:// only from a "
+            "loopback host such as 127.0.0.1, for tests).")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def fetch_url(key: str, value: Any, *, optional: bool = True) -> str | None:
+    """A URL keys may be fetched from (see :func:`url_problem`)."""
+    url = string(key, value, optional=optional)
+    if url is not None and (problem := url_problem(url)):
+        raise fail(key, problem)
+    return url
+
+
+def discovery_url(issuer: str) -> str:
+    """The OpenID discovery document's URL for ``issuer`` (OpenID Connect Discovery 1.0)."""
+    return issuer.rstrip("/") + _DISCOVERY_PATH

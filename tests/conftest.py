@@ -534,3 +534,137 @@ def sql_table(sql_databases: SqlDatabases,
             store.close()
     for made in tables:
         sql_databases.drop(made.backend, made.table)
+
+# -- identity providers -------------------------------------------------------------------------
+
+@pytest.fixture
+def jwks_server() -> Iterator[Any]:
+    """A :class:`tests.jwks_server.JwksServer` on a free loopback port, stopped afterwards."""
+    from .jwks_server import JwksServer
+
+    server = JwksServer()
+    yield server
+    server.stop()
+
+
+class ProviderClock:
+    """The clock of :mod:`flask_apiguard.layers.jwt.remote` (TTLs and cooldowns), moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+@pytest.fixture
+def provider_clock(monkeypatch: pytest.MonkeyPatch) -> ProviderClock:
+    from flask_apiguard.layers.jwt import remote
+
+    clock = ProviderClock()
+    monkeypatch.setattr(remote, "time", clock)
+    return clock
+
+
+def provider_config(url: str, **overrides: Any) -> dict[str, Any]:
+    """Guard config for tokens of a provider whose JWKS is at ``url`` (no key of the app's own)."""
+    return {"APIGUARD_JWT_SECRET": None, "APIGUARD_JWT_ALGORITHMS": ["RS256"],
+            "APIGUARD_JWT_JWKS_URL": url, **overrides}
+
+
+OIDC_DIR = os.path.join(os.path.dirname(__file__), "oidc")
+OIDC_CLIENT = ("api-client", "a-long-client-secret-for-tests-only")
+
+
+class OidcProvider:
+    """npm's ``oidc-provider`` (tests/oidc/server.mjs) on a free loopback port: started with
+    given keys (the first signs), restarted with others to rotate, stopped by its pid."""
+
+    def __init__(self, node: str, folder: Any) -> None:
+        self.node = node
+        self.folder = folder
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *keys: tuple[str, Any]) -> None:
+        from jwt.algorithms import RSAAlgorithm
+
+        jwks = []
+        for kid, key in keys:
+            jwk = RSAAlgorithm.to_jwk(key, as_dict=True)
+            jwk.update(kid=kid, use="sig", alg="RS256")
+            jwks.append(jwk)
+        keys_file = self.folder / f"keys-{secrets.token_hex(4)}.json"
+        keys_file.write_text(json.dumps({"keys": jwks}))
+        self.process = subprocess.Popen(
+            [self.node, "server.mjs"], cwd=OIDC_DIR,
+            env={**os.environ, "PORT": str(self.port), "KEYS_FILE": str(keys_file)},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"oidc-provider exited with {self.process.returncode}")
+            try:
+                self.jwks_hits()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("oidc-provider did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def _get(self, path: str, data: bytes | None = None) -> Any:
+        import base64
+        import urllib.request
+
+        credentials = base64.b64encode(":".join(OIDC_CLIENT).encode()).decode()
+        request = urllib.request.Request(self.issuer + path, data=data,
+                                         headers={"Authorization": f"Basic {credentials}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read())
+
+    def token(self, scope: str = "read:notes") -> str:
+        """A client-credentials access token (a JWT for ``https://api.example``)."""
+        from urllib.parse import urlencode
+
+        form = urlencode({"grant_type": "client_credentials", "scope": scope,
+                          "resource": "https://api.example"}).encode()
+        token: str = self._get("/token", form)["access_token"]
+        return token
+
+    def jwks_hits(self) -> int:
+        """How many times this process served its JWKS."""
+        hits: int = self._get("/test/jwks-hits")["hits"]
+        return hits
+
+
+@pytest.fixture
+def oidc_provider(tmp_path: Any) -> Iterator[OidcProvider]:
+    """A real OpenID Provider (not started: call ``start(*keys)``). Needs Node.js and
+    ``npm ci --prefix tests/oidc`` (``make test`` runs it); under CI=true these tests must run."""
+    node = shutil.which("node")
+    installed = os.path.isdir(os.path.join(OIDC_DIR, "node_modules", "oidc-provider"))
+    if node is None or not installed:
+        message = ("Node.js and tests/oidc/node_modules are needed for the OpenID Provider tests "
+                   "(make test runs npm ci --prefix tests/oidc)")
+        if IN_CI:
+            pytest.fail(f"{message} - under CI=true they must run.")
+        pytest.skip(message)
+    provider = OidcProvider(node, tmp_path)
+    yield provider
+    provider.stop()

@@ -15,7 +15,8 @@ def test_run_py_quick(capsys: Any) -> None:
 
     assert run.main(["--quick"]) == 0
     table = capsys.readouterr().out
-    for row in ("bare Flask", "hand-assembled", "APIFlask", "plain WSGI", "ApiGuard, memory storage"):
+    for row in ("bare Flask", "hand-assembled", "APIFlask", "plain WSGI", "ApiGuard, memory storage",
+                "RS256, local key", "RS256 from a provider's JWKS"):
         assert row in table
 
 

@@ -810,3 +810,35 @@ def test_memory_storage_is_per_instance(tmp_path: Path) -> None:
     for client in (first, second, first, second, first):
         assert bad_login(client).status_code == 401
     assert bad_login(second).status_code == 401
+
+
+# -- "use your identity provider" mode ----------------------------------------------------------
+
+def test_the_identity_provider_mode_takes_env_vars_only(tmp_path: Path, jwks_server: Any,
+                                                        rsa_key: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from .jwks_server import sign
+
+    issuer = jwks_server.url
+    jwks_server.publish(("k1", rsa_key))
+    jwks_server.answer("/.well-known/openid-configuration",
+                       {"issuer": issuer, "jwks_uri": issuer + "/jwks"})
+    for name, value in {"APIGUARD_JWT_ISSUER": issuer, "APIGUARD_JWT_AUDIENCE": "notes-api",
+                        "APIGUARD_JWT_OIDC_DISCOVERY": "true",
+                        "APIGUARD_JWT_ALGORITHMS": '["RS256"]',
+                        "APIGUARD_JWT_SCOPES_CLAIM": "permissions"}.items():
+        monkeypatch.setenv(name, value)
+    config = example_config(tmp_path)
+    del config["APIGUARD_JWT_SECRET"]
+    app = build(config)
+    client = app.test_client()
+    token = bearer(sign(rsa_key, "k1", sub="auth0|alice", iss=issuer, aud="notes-api",
+                        permissions=["notes:read", "notes:write"]))
+    created = client.post("/api/notes", headers=token, json={"title": "t", "body": "b"})
+    assert created.status_code == 201, created.data
+    assert [n["title"] for n in client.get("/api/notes", headers=token).json["notes"]] == ["t"]
+    assert client.get("/api/me", headers=token).json["subject"] == "auth0|alice"
+    login = client.post("/api/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})
+    assert login.status_code == 404
+    other = bearer(sign(rsa_key, "k1", iss=issuer, aud="another-api", permissions=["notes:read"]))
+    assert client.get("/api/notes", headers=other).status_code == 401

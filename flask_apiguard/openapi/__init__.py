@@ -17,14 +17,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .document import build
-from .merge import host_document, is_apiflask, merge_into
+from .merge import host_document, is_apiflask, merge_into, merge_into_apiflask
 
 if TYPE_CHECKING:
     from flask import Flask
 
     from ..state import GuardState
 
-__all__ = ["build", "document_for", "host_document", "is_apiflask", "merge_into"]
+__all__ = ["build", "document_for", "host_document", "is_apiflask", "merge_into",
+           "merge_into_apiflask"]
 
 
 def document_for(app: Flask, state: GuardState, *, title: str | None = None,

@@ -91,3 +91,19 @@ def merge_into(document: dict[str, Any], state: GuardState) -> dict[str, Any]:
     if schemes:
         components.setdefault("securitySchemes", {}).update(schemes)
     return document
+
+
+def merge_into_apiflask(app: Flask, state: GuardState) -> None:
+    """Chain the guard's part into APIFlask's spec processor, so that APIFlask's own spec
+    route (and its docs UI) shows it too. A processor the app registers after ``init_app``
+    replaces this one; :meth:`ApiGuard.openapi` merges either way."""
+    previous = getattr(app, "spec_callback", None)
+
+    def process(spec: Any) -> Any:
+        if previous is not None:
+            spec = previous(spec)
+        if isinstance(spec, dict):  # not with SPEC_PROCESSOR_PASS_OBJECT (an APISpec)
+            merge_into(spec, state)
+        return spec
+
+    app.spec_callback = process  # type: ignore[attr-defined]

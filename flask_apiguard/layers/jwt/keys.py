@@ -8,6 +8,9 @@ must be as long as their hash, RSA keys at least 2048 bits.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -226,3 +229,49 @@ def _checked_key(where: str, key: Any, algorithms: frozenset[str], allowed: tupl
         raise ApiGuardConfigError(f"{where}: RSA keys need at least 2048 bits.")
     return Key(key, sign, algorithms)
 
+
+
+def load_jwk(jwk: Mapping[str, Any], algorithms: tuple[str, ...]) -> Key:
+    """One key of a fetched JWKS, checked as a configured one is.
+
+    :raises ApiGuardConfigError: when it is unusable (the caller drops it).
+    """
+    return _load_key("JWKS", jwk, algorithms)
+
+
+def public_jwk(kid: str, key: Key, algorithms: tuple[str, ...]) -> dict[str, Any] | None:
+    """The public JWK of an asymmetric ``key`` (``None`` for an HMAC secret, which is never
+    published), with ``kid``, ``use`` and the first of ``algorithms`` it serves as ``alg``."""
+    if isinstance(key.verify, bytes):
+        return None
+    jwk = _to_jwk(key.verify)
+    for private in ("d", "p", "q", "dp", "dq", "qi", "key_ops"):
+        jwk.pop(private, None)
+    alg = next((a for a in algorithms if a in key.algorithms), None)
+    jwk.update({"kid": kid, "use": "sig"})
+    if alg is not None:
+        jwk["alg"] = alg
+    return jwk
+
+
+def _to_jwk(public: Any) -> dict[str, Any]:
+    """The JWK dict of a public key object (pyjwt's ``to_jwk`` of its algorithm family)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+    family: Any = RSAAlgorithm if isinstance(public, rsa.RSAPublicKey) else \
+        ECAlgorithm if isinstance(public, ec.EllipticCurvePublicKey) else OKPAlgorithm
+    jwk: dict[str, Any] = family.to_jwk(public, as_dict=True)
+    return jwk
+
+
+_THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"),
+                       "OKP": ("crv", "kty", "x")}
+
+
+def thumbprint(jwk: Mapping[str, Any]) -> str:
+    """The RFC 7638 thumbprint of a public JWK (SHA-256, base64url): a ``kid`` for a key that
+    was configured without one."""
+    members = {name: jwk[name] for name in _THUMBPRINT_MEMBERS[jwk["kty"]]}
+    digest = hashlib.sha256(json.dumps(members, separators=(",", ":"), sort_keys=True).encode())
+    return base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()

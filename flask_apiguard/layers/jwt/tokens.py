@@ -17,7 +17,9 @@ import jwt
 from ...config import GuardConfig
 from ...errors import InvalidToken, TokenExpired
 from ...identity import Identity
-from .keys import Key, load_keys
+from .issuers import Issuer, build_issuers, claim_value
+from .keys import Key, load_keys, public_jwk, thumbprint
+from .remote import KeySource
 
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _RESERVED = frozenset({"sub", "exp", "iat", "jti", "iss", "aud", "nbf", "scope"})
@@ -48,7 +50,14 @@ class JwtLayer:
         self.cache_size = config.jwt_cache_size
         self._cache: dict[str, _Verified] = {}
         self._lock = threading.Lock()
-        self.keys, self.default_key, self.signing_kid = load_keys(config)
+        loaded = load_keys(config)
+        self.keys, self.default_key, self.signing_kid = loaded
+        #: The trusted issuers by ``iss`` (one under ``None`` without APIGUARD_JWT_ISSUERS).
+        self.issuers: dict[str | None, Issuer] = build_issuers(config, loaded, self.forget_verified)
+        self.single = self.issuers.get(None)
+        #: The identity providers' key sets.
+        self.sources: tuple[KeySource, ...] = tuple(
+            issuer.source for issuer in self.issuers.values() if issuer.source is not None)
         self.decode_options: dict[str, Any] = {
             "require": self.required,
             "verify_signature": True,
@@ -56,11 +65,41 @@ class JwtLayer:
             "verify_nbf": True,
             "verify_iat": True,
             "verify_aud": True,
-            "verify_iss": self.issuer is not None,
+            "verify_iss": True,
             "verify_sub": True,
             "verify_jti": True,
             "enforce_minimum_key_length": True,
         }
+        self._no_iss_options = {**self.decode_options, "verify_iss": False}
+
+    def fetch_keys(self) -> None:
+        """Fetch every identity provider's keys once (at start-up), in parallel; a provider
+        that cannot be reached is retried by requests, after the cooldown."""
+        threads = [threading.Thread(target=source.refresh, daemon=True) for source in self.sources]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def forget_verified(self) -> None:
+        """Empty the verified-token cache (a provider's key set changed: a token of a removed
+        key must be checked again)."""
+        with self._lock:
+            self._cache.clear()
+
+    def jwks(self) -> dict[str, Any]:
+        """The public JWKS of the app's own asymmetric keys (never an HMAC secret)."""
+        keys = []
+        for kid, key in self.keys.items():
+            jwk = public_jwk(kid, key, self.algorithms)
+            if jwk is not None:
+                keys.append(jwk)
+        if self.default_key is not None:
+            jwk = public_jwk("", self.default_key, self.algorithms)
+            if jwk is not None:
+                jwk["kid"] = thumbprint(jwk)
+                keys.append(jwk)
+        return {"keys": keys}
 
     # -- verification -------------------------------------------------------------------------
     def verify_header(self, header: str) -> tuple[Identity, str | None]:
@@ -72,6 +111,8 @@ class JwtLayer:
         token = parts[1]
         cached = self._cache.get(token)  # only tokens that passed every check get here
         if cached is not None:
+            for source in self.sources:  # a key set past its TTL is refreshed all the same
+                source.tick()
             self._check_times(cached, time.time())
             return cached.identity, cached.jti
         if not _B64TOKEN.fullmatch(token):
@@ -84,10 +125,12 @@ class JwtLayer:
             raise InvalidToken("The token is too long.")
         cached = self._cache.get(token)
         if cached is not None:
+            for source in self.sources:  # a key set past its TTL is refreshed all the same
+                source.tick()
             self._check_times(cached, time.time())
             return cached.identity, cached.jti
-        claims = self._decode(token)
-        verified = self._identity(claims)
+        claims, issuer = self._decode(token)
+        verified = self._identity(claims, issuer)
         self._check_times(verified, time.time())
         if self.cache_size:
             with self._lock:
@@ -118,28 +161,45 @@ class JwtLayer:
             raise InvalidToken("Bearer tokens are not accepted: no JWT key is configured.")
         return self.default_key
 
-    def _decode(self, token: str) -> dict[str, Any]:
+    def _issuer_of(self, token: str) -> Issuer:
+        """The issuer whose rules apply: the only one, or the one the token's ``iss`` names
+        (read unverified, only to pick; nothing else of the token is trusted yet)."""
+        if self.single is not None:
+            return self.single
+        try:
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise InvalidToken("The token is malformed.") from None
+        issuer = self.issuers.get(unverified.get("iss")) \
+            if isinstance(unverified.get("iss"), str) else None
+        if issuer is None:
+            raise InvalidToken("The token was not issued by a trusted issuer.")
+        return issuer
+
+    def _decode(self, token: str) -> tuple[dict[str, Any], Issuer]:
         try:
             header = jwt.get_unverified_header(token)
         except (jwt.PyJWTError, ValueError, TypeError):
             raise InvalidToken("The token is malformed.") from None
+        issuer = self._issuer_of(token)
         alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in self.algorithms:
+        if not isinstance(alg, str) or alg not in issuer.algorithms:
             raise InvalidToken("The token's algorithm is not accepted.")
         if "crit" in header:
             raise InvalidToken("The token uses a critical header extension that is not supported.")
-        key = self._select_key(header)
+        key = issuer.key_for(header)
         if alg not in key.algorithms:
             raise InvalidToken("The token's algorithm does not match its key.")
+        options = self.decode_options if issuer.name is not None else self._no_iss_options
         try:
             claims = jwt.decode(
                 token,
                 key.verify,
                 algorithms=[alg],
-                audience=self.audience,
-                issuer=self.issuer,
+                audience=issuer.audience,
+                issuer=issuer.name,
                 leeway=self.leeway,
-                options=self.decode_options,  # type: ignore[arg-type]
+                options=options,  # type: ignore[arg-type]
             )
         except jwt.ExpiredSignatureError:
             raise TokenExpired() from None
@@ -157,13 +217,13 @@ class JwtLayer:
             raise InvalidToken("The token is malformed.") from None
         if not isinstance(claims, dict):
             raise InvalidToken("The token is malformed.")
-        if self.audience is None and "aud" in claims:  # even "" or [] (pyjwt lets those pass)
+        if issuer.audience is None and "aud" in claims:  # even "" or [] (pyjwt lets those pass)
             raise InvalidToken("The token names an audience, and this service expects none.")
-        return claims
+        return claims, issuer
 
-    def _identity(self, claims: dict[str, Any]) -> _Verified:
-        roles = _claim_names(claims.get(self.roles_claim), "roles", split=False)
-        scopes = _claim_names(claims.get("scope"), "scope", split=True)
+    def _identity(self, claims: dict[str, Any], issuer: Issuer) -> _Verified:
+        roles = _claim_names(claim_value(claims, issuer.roles_claim), "roles", split=False)
+        scopes = _claim_names(claim_value(claims, issuer.scopes_claim), "scope", split=True)
         times: list[float | None] = []
         for name in ("exp", "nbf", "iat"):
             value = claims.get(name)
