@@ -296,8 +296,6 @@ class ApiGuard:
                 auth_error = InvalidApiKey()
             else:
                 identity = identity_of(key)
-        if auth_error is None and identity.is_authenticated and self._identity_loader is not None:
-            identity, auth_error = self._load_user(identity)
         if auth_error is None:
             current.identity = identity  # a limit's key function may read current_identity
         # 8. authorization (no I/O). Decided here, since a refused request counts against no
@@ -332,11 +330,9 @@ class ApiGuard:
         if auth_error is not None:
             current.identity = ANONYMOUS
             raise auth_error
-        # 8. answered
-        if refusal is not None:
-            raise refusal
         # 9. answered: the rate limits (a request that passes holds its count="failures"
-        #    places until the response says whether it failed)
+        #    places until the response says whether it failed). A request a role or scope
+        #    refuses was counted by no limit, so it cannot be refused here.
         if verdict is not None:
             current.window = verdict.window
             if (breached := verdict.breached) is not None:
@@ -347,6 +343,19 @@ class ApiGuard:
                 raise _too_many(RateLimitExceeded, 1)
             current.reserved, current.reserved_on = verdict.reserved, verdict.backend
             current.reservation = verdict.token
+        # The app's own user (@identity_loader), before @roles is answered, and only for a
+        # caller neither throttled, nor revoked, nor over a limit: its query never runs for them.
+        if self._identity_loader is not None and identity.is_authenticated:
+            identity, unknown = self._load_user(identity)
+            if unknown is not None:
+                current.identity = ANONYMOUS
+                if failure:  # a failed credential, counted (a second question, on this path only)
+                    state.shared.admit(failure, True, None, (), False)
+                raise unknown
+            current.identity = identity
+        # 8. answered
+        if refusal is not None:
+            raise refusal
 
         # 10. body and parameter checks, then @validate
         document = state.body.check_body(req, route.accepts_form, length)
@@ -475,7 +484,8 @@ class ApiGuard:
 
     def identity_loader(self, loader: Callable[[Identity], Any]) -> Callable[[Identity], Any]:
         """Register ``loader(identity) -> user | None`` (a decorator). It runs once per
-        authenticated request, after the JWT or API key is verified and before ``@roles``;
+        admitted request, after the JWT or API key is verified and the auth-failure, revocation
+        and rate-limit checks passed, and before ``@roles`` is answered;
         its result is ``current_identity.user``. ``None`` refuses the request with 401 and
         the credential's failure code (``invalid_token`` or ``invalid_api_key``): a deleted
         user's still-valid token stops working. It may be a coroutine function."""

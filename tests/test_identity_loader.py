@@ -122,3 +122,57 @@ def test_refusals_by_the_loader_count_as_failed_authentications() -> None:
     client = app.test_client()
     token = bearer(token_for(app, "ghost"))
     assert [client.get("/me", headers=token).status_code for _ in range(3)] == [401, 401, 429]
+
+
+def test_it_never_runs_for_a_throttled_revoked_or_rate_limited_caller() -> None:
+    # The loader (a database query) ran before the shared state's answer: for revoked tokens,
+    # throttled clients and every request over a limit.
+    from flask_apiguard import rate_limit
+
+    calls: list[Identity] = []
+    app = Flask("loader_refused")
+    from .conftest import HttpsClient
+
+    app.test_client_class = HttpsClient
+    app.config.update(base_config(APIGUARD_JWT_REVOCATION=True,
+                                  APIGUARD_AUTH_FAILURE_LIMIT="2 per minute"))
+    guard = ApiGuard()
+
+    @guard.identity_loader
+    def load(identity: Identity) -> Any:
+        calls.append(identity)
+        return {"name": identity.subject}
+
+    @app.get("/limited")
+    @rate_limit("2/minute")
+    def limited() -> Any:
+        return {"user": current_identity.user}
+
+    guard.init_app(app)
+    client = app.test_client()
+    revoked = token_for(app, "revoked")
+    with app.app_context():
+        guard.revoke_token(revoked)
+    assert client.get("/limited", headers=bearer(revoked)).status_code == 401
+    assert calls == []
+    token = token_for(app, "alice")
+    codes = [client.get("/limited", headers=bearer(token)).status_code for _ in range(6)]
+    assert codes == [200, 200, 429, 429, 429, 429]
+    assert len(calls) == 2  # the two admitted requests only
+    throttled = Flask("loader_throttled")
+    throttled.test_client_class = HttpsClient
+    throttled.config.update(base_config(APIGUARD_AUTH_FAILURE_LIMIT="2 per minute"))
+    other = ApiGuard()
+    other.identity_loader(load)
+
+    @throttled.get("/me")
+    def me() -> Any:
+        return {"user": current_identity.user}
+
+    other.init_app(throttled)
+    calls.clear()
+    tclient = throttled.test_client()
+    for _ in range(3):
+        tclient.get("/me", headers=bearer("a.b.c"))
+    assert tclient.get("/me", headers=bearer(token_for(throttled))).status_code == 429
+    assert calls == []
