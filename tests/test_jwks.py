@@ -341,3 +341,42 @@ def test_a_provider_without_issuer_or_audience_is_reported(make_app: Any, provid
     checked = make_app(**provider_config(provider.url + "/jwks", APIGUARD_JWT_ISSUER="i",
                                          APIGUARD_JWT_AUDIENCE="a"))
     assert "provider-audience-unset" not in {f.id for f in findings(checked, guard_state(checked))}
+
+
+def test_a_provider_trickling_its_document_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The 2 s timeout was per read: a provider sending a byte every 0.25 s held the fetch (and
+    # init_app, and the issuer's lock) for as long as it liked.
+    import socket
+    import threading
+    import time as _time
+
+    from flask_apiguard.layers.jwt import remote
+
+    body = b'{"keys": []}' + b" " * 400
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def serve() -> None:
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body))
+            for index in range(len(body)):
+                try:
+                    conn.sendall(body[index:index + 1])
+                except OSError:
+                    return
+                _time.sleep(0.02)
+
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setattr(remote, "TIMEOUT", 0.3)  # whole body in 0.3 s (it needs 8 s)
+    try:
+        with pytest.raises(remote.FetchError, match="took more than"):
+            remote.fetch_json(f"http://127.0.0.1:{server.getsockname()[1]}/jwks")
+    finally:
+        server.close()

@@ -33,7 +33,8 @@ from ...errors import ApiGuardConfigError
 from ...readers import url_problem
 from .keys import Key, load_jwk
 
-#: Seconds allowed to connect, and then for each read, of a JWKS or discovery document.
+#: Seconds allowed to connect, for each read, and (give or take one read) for the whole body
+#: of a JWKS or discovery document.
 TIMEOUT = 2.0
 #: The largest JWKS or discovery document read (bytes); a larger one is refused.
 MAX_DOCUMENT = 256 * 1024
@@ -87,7 +88,7 @@ def fetch_json(url: str) -> tuple[dict[str, Any], float | None]:
             content_type = response.headers.get("Content-Type", "")
             if not _JSON_TYPES.match(content_type.split(";")[0].strip()):
                 raise FetchError(f"{url} answered {content_type or 'no content type'!s}, not JSON.")
-            body = response.read(MAX_DOCUMENT + 1)
+            body = _read_before(response, time.monotonic() + TIMEOUT, url)
             cache_control = response.headers.get("Cache-Control", "")
     except FetchError:
         raise
@@ -108,6 +109,24 @@ def fetch_json(url: str) -> tuple[dict[str, Any], float | None]:
     no_cache = "no-store" in cache_control.lower() or "no-cache" in cache_control.lower()
     max_age = 0.0 if no_cache else float(match.group(1)) if match else None
     return document, max_age
+
+
+def _read_before(response: Any, deadline: float, url: str) -> bytes:
+    """The body, read by chunks until it ends, passes :data:`MAX_DOCUMENT` (one byte more is
+    enough to refuse it) or ``deadline`` passes: a provider trickling a byte at a time cannot
+    hold the fetch (and the issuer's lock) for longer than a read's timeout past it."""
+    chunks: list[bytes] = []
+    size = 0
+    read = getattr(response, "read1", response.read)
+    while size <= MAX_DOCUMENT:
+        if time.monotonic() > deadline:
+            raise FetchError(f"{url} took more than {TIMEOUT:g} s to send its document.")
+        chunk = read(MAX_DOCUMENT + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,10 @@ from ...errors import InvalidToken, TokenExpired
 from ...identity import Identity
 from .issuers import Issuer, build_issuers, claim_value
 from .keys import Key, load_keys, public_jwk, thumbprint
-from .remote import KeySource
+from .remote import TIMEOUT, KeySource
+
+#: Seconds start-up waits for the identity providers' keys (a slow one is fetched later).
+START_WAIT = 2 * TIMEOUT + 1
 
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _RESERVED = frozenset({"sub", "exp", "iat", "jti", "iss", "aud", "nbf", "scope"})
@@ -78,8 +81,9 @@ class JwtLayer:
         threads = [threading.Thread(target=source.refresh, daemon=True) for source in self.sources]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join()
+        deadline = time.monotonic() + START_WAIT
+        for thread in threads:  # a provider that stalls delays start-up by START_WAIT at most
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def forget_verified(self) -> None:
         """Empty the verified-token cache (a provider's key set changed: a token of a removed
