@@ -29,7 +29,8 @@ MAPPED: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "RATELIMIT_HEADERS_ENABLED": ("RATELIMIT_HEADERS", lambda v: bool(v)),
     "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": (
         "RATELIMIT_ON_STORAGE_ERROR", lambda v: _on_error(v, "fallback")),
-    "RATELIMIT_SWALLOW_ERRORS": ("RATELIMIT_ON_STORAGE_ERROR", lambda v: _on_error(v, "open")),
+    # not "open": that would also switch the auth-failure limit off while the storage is down
+    "RATELIMIT_SWALLOW_ERRORS": ("RATELIMIT_ON_STORAGE_ERROR", lambda v: _on_error(v, "fallback")),
 }
 
 #: Read by an adopted limiter itself (through it they take effect as under flask-limiter).

@@ -843,3 +843,15 @@ def test_sql_store_connections_time_out_unless_the_url_says_otherwise(
         assert (given.connect_timeout, given._read_timeout, given._write_timeout) == (3, 5, 5)
         given = driver_connection(url + "&read_timeout=9")
         assert (given.connect_timeout, given._read_timeout) == (3, 9)
+
+
+def test_get_and_revoke_take_only_a_key_id_as_written(make_app: Any, store_uri: str) -> None:
+    # On MariaDB, get(KEY_ID.upper()) and revoke(key_id + " ") reached the real row (collation).
+    app = key_app(make_app, APIGUARD_API_KEY_STORE=store_uri)
+    _, key = create(app)
+    with app.app_context():
+        keys = ApiGuard().api_keys
+        for variant in (key.key_id.upper(), key.key_id + " ", " " + key.key_id, key.key_id[:-1]):
+            assert keys.get(variant) is None
+            assert keys.revoke(variant) is False
+        assert keys.get(key.key_id) == key

@@ -159,14 +159,14 @@ class ApiKeyStore:
 
     def revoke(self, key_id: str) -> bool:
         """Revoke a key; True if it existed and was not revoked yet."""
-        record = self._fetch(key_id) if isinstance(key_id, str) else None
+        record = self._fetch(key_id) if _is_key_id(key_id) else None
         if record is None or record[0].revoked:
             return False
         self._set_revoked(key_id)
         return True
 
     def get(self, key_id: str) -> ApiKey | None:
-        record = self._fetch(key_id) if isinstance(key_id, str) else None
+        record = self._fetch(key_id) if _is_key_id(key_id) else None
         return record[0] if record is not None else None
 
     def list(self, owner: str | None = None) -> list[ApiKey]:
@@ -205,3 +205,12 @@ class ApiKeyStore:
     def _all(self, owner: str | None = None) -> Iterable[ApiKey]:
         """Every key, or (where the store can select) only ``owner``'s."""
         raise NotImplementedError
+
+
+_KEY_ID = re.compile(f"[0-9a-f]{{{_KEY_ID_BYTES * 2}}}")
+
+
+def _is_key_id(key_id: object) -> bool:
+    """Whether ``key_id`` has the form of a key id: a lookup with anything else could match a
+    real id through a database's collation (MySQL compares ``ABC `` equal to ``abc``)."""
+    return isinstance(key_id, str) and _KEY_ID.fullmatch(key_id) is not None

@@ -120,9 +120,13 @@ class Adopter:
 
     # -- compile ------------------------------------------------------------------------------
     def compile(self, app: Flask, endpoint: str, method: str) -> AdoptedRoute | None:
-        """The adopted limits of ``endpoint`` for ``method`` (``None`` when it has none)."""
+        """The adopted limits of ``endpoint`` for ``method`` (``None`` when it has none).
+        ``HEAD`` runs the ``GET`` view, so it gets ``GET``'s limits (under flask-limiter a
+        ``methods=["GET"]`` limit let any number of ``HEAD`` requests through)."""
         if endpoint.split(".")[-1] == "static":  # flask-limiter never limits static files
             return None
+        if method == "HEAD":
+            method = "GET"
         dynamic = self._has_dynamic_limits()
         blueprint = endpoint.rpartition(".")[0] or None
         if blueprint is not None and blueprint not in app.blueprints:

@@ -206,7 +206,8 @@ def test_ratelimit_keys_map_to_the_guards(make_app: Callable[..., Flask]) -> Non
     config = app.extensions["apiguard"].config
     assert config.ratelimit_strategy == "moving-window"
     assert config.ratelimit_headers is False
-    assert config.ratelimit_on_storage_error == "open"
+    # not "open", which would also switch the auth-failure limit off while storage is down
+    assert config.ratelimit_on_storage_error == "fallback"
     assert config.ratelimit_default == "7/minute"
 
 
@@ -231,3 +232,23 @@ def test_check_lists_ratelimit_keys_without_effect(make_app: Callable[..., Flask
     found = [f.key for f in findings(app, app.extensions["apiguard"])
              if f.id == "ratelimit-key-without-effect"]
     assert found == ["RATELIMIT_HEADER_LIMIT"]
+
+
+def test_head_counts_against_an_adopted_get_only_limit() -> None:
+    # HEAD runs the GET view, but a methods=["GET"] limit resolved for HEAD was dropped: any
+    # number of HEAD requests got through (the guard's own default being off with a limiter).
+    app = Flask(__name__)
+    app.config.update(TESTING=True, RATELIMIT_STORAGE_URI="memory://",
+                      APIGUARD_JWT_SECRET="y" * 40, APIGUARD_DEFAULT_DENY=False,
+                      APIGUARD_FORCE_HTTPS=False, APIGUARD_API_KEY_STORE="memory://")
+    limiter = Limiter(get_remote_address, app=app)
+
+    @app.get("/report")
+    @limiter.limit("1/minute", methods=["GET"])
+    def report() -> Any:
+        return {}
+
+    ApiGuard(app)
+    client = app.test_client()
+    assert client.get("/report").status_code == 200
+    assert [client.head("/report").status_code for _ in range(3)] == [429, 429, 429]
