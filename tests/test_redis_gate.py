@@ -119,19 +119,26 @@ def _client_commands(url: str, action: Any) -> list[str]:
     return [c for c in commands if c not in handshake]
 
 
-def test_one_round_trip_per_request(private_redis: Any, make_app: Any) -> None:
+@pytest.mark.parametrize(("in_flight", "expected"), [
+    pytest.param(None, ["EVALSHA"], id="rate-limits"),
+    # with @concurrency_limit the place is taken in the one EVALSHA; the only other command
+    # is its release (ZREM) once the response starts, as for count="failures" places
+    pytest.param(3, ["EVALSHA", "ZREM"], id="concurrency-limit"),
+])
+def test_one_round_trip_per_request(private_redis: Any, make_app: Any, in_flight: int | None,
+                                    expected: list[str]) -> None:
     """Auth-failure check + revocation + two rate limits: one command (EVALSHA) per request."""
-    from flask_apiguard import ApiGuard, rate_limit, require_jwt
+    from flask_apiguard import ApiGuard, concurrency_limit, rate_limit, require_jwt
 
     app = make_app(init=False, APIGUARD_STORAGE_URI=private_redis.url, APIGUARD_JWT_REVOCATION=True)
 
-    @app.get("/limited")
-    @require_jwt
-    @rate_limit("100/minute")
-    @rate_limit("1000/hour")
     def limited() -> Any:
         return {"ok": True}
 
+    view = require_jwt(rate_limit("100/minute")(rate_limit("1000/hour")(limited)))
+    if in_flight is not None:
+        view = concurrency_limit(in_flight, key="user")(view)
+    app.add_url_rule("/limited", "limited", view)
     ApiGuard(app)
     client = app.test_client()
     token = token_for(app)
@@ -144,39 +151,7 @@ def test_one_round_trip_per_request(private_redis: Any, make_app: Any) -> None:
             assert response.headers["RateLimit-Limit"] == "100"
 
     commands = _client_commands(private_redis.url, ten_requests)
-    assert commands == ["EVALSHA"] * 10
-
-
-def test_concurrency_limit_keeps_one_round_trip_before_the_view(private_redis: Any,
-                                                                make_app: Any) -> None:
-    """@concurrency_limit with two rate limits: the place is taken in the one EVALSHA; the
-    only other command is its release (ZREM) once the response starts, as for
-    count="failures" places."""
-    from flask_apiguard import ApiGuard, concurrency_limit, rate_limit, require_jwt
-
-    app = make_app(init=False, APIGUARD_STORAGE_URI=private_redis.url)
-
-    @app.get("/limited")
-    @require_jwt
-    @concurrency_limit(3, key="user")
-    @rate_limit("100/minute")
-    @rate_limit("1000/hour")
-    def limited() -> Any:
-        return {"ok": True}
-
-    ApiGuard(app)
-    client = app.test_client()
-    token = token_for(app)
-    assert client.get("/limited", headers=bearer(token)).status_code == 200  # loads the script
-
-    def ten_requests() -> None:
-        for _ in range(10):
-            response = client.get("/limited", headers=bearer(token))
-            assert response.status_code == 200
-            assert response.headers["RateLimit-Limit"] == "100"
-
-    commands = _client_commands(private_redis.url, ten_requests)
-    assert commands == ["EVALSHA", "ZREM"] * 10
+    assert commands == expected * 10
 
 
 @pytest.mark.parametrize("strategy", STRATEGY_NAMES)
