@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         (FailureLimit, "probes", "auth-failure probes"),
         (extension, "load_location", "@validate (marshmallow load)"),
         (extension, "probes", "rate-limit probes"),
-        (extension, "_authorization_refusal", "roles and scopes"),
+        (extension, "authorization_refusal", "roles and scopes"),
     ):
         _timed(owner, name, label, totals)
     app = apps.apiguard_app()

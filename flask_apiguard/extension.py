@@ -44,13 +44,12 @@ from .errors import (
     ServiceUnavailable,
     TokenRevoked,
     TooManyAuthFailures,
-    Unauthorized,
     problem_response,
 )
-from .identity import ANONYMOUS, Identity, holds
+from .identity import ANONYMOUS, Identity
 from .layers import proxies
 from .layers.validation import load as load_location
-from .policy import Route
+from .policy.route import Route, authorization_refusal
 from .ratelimit import adopt
 from .ratelimit.adopt import AdoptedProbe
 from .ratelimit.probes import LimitProbe, probes
@@ -65,22 +64,6 @@ if TYPE_CHECKING:
 
 _DEFAULT_REVOCATION_TTL = 30 * 24 * 3600
 _KNOWN_SCHEMES = frozenset({"http", "https", "ws", "wss"})
-
-
-def _authorization_refusal(route: Route, identity: Identity) -> ApiGuardError | None:
-    """Step 8 on its own: default-deny, roles and scopes (no I/O)."""
-    if not identity.is_authenticated:
-        return Unauthorized() if route.required else None
-    for names, require in route.role_rules:
-        if not holds(identity.roles, names, require):
-            return Forbidden("You lack a role this action requires.")
-    for needed in route.scope_rules:
-        if not needed <= identity.scopes:
-            return Forbidden("Your credentials lack a scope this action requires.")
-    if route.api_key_scopes and identity.method == "api_key" \
-            and not route.api_key_scopes <= identity.scopes:
-        return Forbidden("The API key lacks a scope this action requires.")
-    return None
 
 
 def _gone_detail(route: Route) -> str:
@@ -301,7 +284,7 @@ class ApiGuard:
         # 8. authorization (no I/O). Decided here, since a refused request counts against no
         #    rate limit; answered after step 7's, since a throttled client gets 429 and a
         #    revoked token 401 whatever it may do.
-        refusal = _authorization_refusal(route, identity) if auth_error is None else None
+        refusal = authorization_refusal(route, identity) if auth_error is None else None
 
         # Steps 7 to 9 ask the shared state one question (one Redis round trip): is the
         # client throttled for failed credentials (and count this failure), is the token

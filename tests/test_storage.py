@@ -525,9 +525,12 @@ class FakeClock:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+def clock(monkeypatch: pytest.MonkeyPatch, counter_clock: Any) -> FakeClock:
     fake = FakeClock()
     monkeypatch.setattr(time, "time", fake)
+    # the counters read this fake clock as it is (1_800_000_000 starts a 15-minute window);
+    # with the suite's offset on top, a window could turn mid-test depending on the hour
+    counter_clock.offset = 0.0
     return fake
 
 

@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ApiGuardConfigError
+from ..errors import ApiGuardConfigError, ApiGuardError, Forbidden, Unauthorized
+from ..identity import Identity, holds
 from ..networks import NetworkSet, intersection
 from ..ratelimit.probes import (
     CompiledLimit,
@@ -131,3 +132,19 @@ def compile_route(endpoint: str, method: str, view: Callable[..., Any], config: 
         if deprecation is not None and deprecation.sunset is not None and config.sunset_enforce
         else None,
     )
+
+
+def authorization_refusal(route: Route, identity: Identity) -> ApiGuardError | None:
+    """Step 8 for ``route``: default-deny, roles and scopes (no I/O); ``None`` admits."""
+    if not identity.is_authenticated:
+        return Unauthorized() if route.required else None
+    for names, require in route.role_rules:
+        if not holds(identity.roles, names, require):
+            return Forbidden("You lack a role this action requires.")
+    for needed in route.scope_rules:
+        if not needed <= identity.scopes:
+            return Forbidden("Your credentials lack a scope this action requires.")
+    if route.api_key_scopes and identity.method == "api_key" \
+            and not route.api_key_scopes <= identity.scopes:
+        return Forbidden("The API key lacks a scope this action requires.")
+    return None
