@@ -188,7 +188,10 @@ def wsgi_floor() -> Callable[..., Any]:
 
 # -- 5. ApiGuard ------------------------------------------------------------------------------
 
-def apiguard_app(storage_uri: str = "memory://", limit: str = LIMIT, **config: Any) -> Flask:
+def apiguard_app(storage_uri: str = "memory://", limit: str = LIMIT, *, adopted: bool = False,
+                 **config: Any) -> Flask:
+    """The endpoint behind ApiGuard; ``adopted``: its limit declared with an adopted
+    flask-limiter's ``@limiter.limit`` instead of ``@rate_limit`` (the same counting)."""
     from flask_apiguard import ApiGuard, rate_limit, require_jwt, roles, validate
 
     app = Flask("apiguard")
@@ -200,11 +203,20 @@ def apiguard_app(storage_uri: str = "memory://", limit: str = LIMIT, **config: A
         APIGUARD_RATELIMIT_DEFAULT=LIMIT,
     )
     app.config.update(config)
+    if adopted:
+        from flask_limiter import Limiter
+        from flask_limiter.util import get_remote_address
+
+        limiter = Limiter(get_remote_address, app=app, storage_uri=storage_uri,
+                          strategy="sliding-window-counter")
+        limited = limiter.limit(limit)
+    else:
+        limited = rate_limit(limit)
 
     @app.post("/api/users")
     @require_jwt
     @roles("admin")
-    @rate_limit(limit)
+    @limited
     @validate(CreateUser)
     def create_user(json_data: dict[str, Any]) -> Any:
         return {"created": json_data["email"]}, 201

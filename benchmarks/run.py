@@ -125,6 +125,8 @@ def rows(redis_url: str | None, prefix: str = "") -> list[Row]:
         Row("plain WSGI function, same checks (the floor)",
             lambda: (apps.wsgi_floor(), env, apps.BODY)),
         Row("ApiGuard, memory storage (HS256)", lambda: _guard_row()),
+        Row("ApiGuard, memory storage (HS256), the limit through an adopted @limiter.limit",
+            lambda: _guard_row(adopted=True)),
         Row("ApiGuard, memory storage, token cache off",
             lambda: _guard_row(APIGUARD_JWT_CACHE_SIZE=0)),
     ]
