@@ -126,7 +126,7 @@ def rows(redis_url: str | None, prefix: str = "") -> list[Row]:
             lambda: (apps.wsgi_floor(), env, apps.BODY)),
         Row("ApiGuard, memory storage (HS256)", lambda: _guard_row()),
         Row("ApiGuard, memory storage (HS256), the limit through an adopted @limiter.limit",
-            lambda: _guard_row(adopted=True)),
+            lambda: _guard_row(adopted=True, APIGUARD_RATELIMIT_DEFAULT=None)),  # one limit, as above
         Row("ApiGuard, memory storage, token cache off",
             lambda: _guard_row(APIGUARD_JWT_CACHE_SIZE=0)),
     ]
