@@ -420,6 +420,21 @@ def _within_one_window(started: float) -> None:
     assert took < ONE_WINDOW, f"the race took {took:.1f} s: longer than one 60 s window"
 
 
+def _finish_workers(workers: list[Any], results: Any) -> list[Any]:
+    """What each started worker reported; every worker is joined (killed past 30 s) and must
+    have exited cleanly."""
+    try:
+        parts = _collect(workers, results)
+    finally:
+        for worker in workers:
+            worker.join(timeout=30)
+            if worker.is_alive():
+                worker.kill()
+    assert [w.exitcode for w in workers] == [0] * WORKERS, "a worker process failed"
+    assert len(parts) == WORKERS
+    return parts
+
+
 def _collect(workers: list[Any], results: Any) -> list[dict[int, int]]:
     """Each worker's counts; stops early when a worker died without answering."""
     parts: list[dict[int, int]] = []
@@ -459,15 +474,7 @@ def test_processes_share_one_exact_budget(redis_url: str, storage_options: dict[
     started = time.monotonic()
     for worker in workers:
         worker.start()
-    try:
-        parts = _collect(workers, results)
-    finally:
-        for worker in workers:
-            worker.join(timeout=30)
-            if worker.is_alive():
-                worker.kill()
-    assert [w.exitcode for w in workers] == [0] * WORKERS, "a worker process failed"
-    assert len(parts) == WORKERS
+    parts = _finish_workers(workers, results)
     _within_one_window(started)
     total = _totals(parts)
     print(f"{strategy}: {WORKERS} processes x {REQUESTS}: admitted {total[200]} of limit "
@@ -960,15 +967,7 @@ def test_four_processes_never_exceed_the_concurrency_limit(
                for n in range(WORKERS)]
     for worker in workers:
         worker.start()
-    try:
-        parts = _collect(workers, results)
-    finally:
-        for worker in workers:
-            worker.join(timeout=30)
-            if worker.is_alive():
-                worker.kill()
-    assert [w.exitcode for w in workers] == [0] * WORKERS, "a worker process failed"
-    assert len(parts) == WORKERS
+    parts = _finish_workers(workers, results)
     total = _totals([part["statuses"] for part in parts])
     print(f"{WORKERS} processes x {THREADS} threads x {ROUNDS}: {dict(total)}, "
           f"most in flight at once {max(part['max'] for part in parts)}")
