@@ -1,7 +1,10 @@
 """WSGI apps for the gunicorn load run (``benchmarks/load.py``), configured by environment:
 
 ``BENCH_STORAGE_URI`` (default ``memory://``), ``BENCH_STORAGE_PREFIX`` (the Redis key prefix
-of the run, see ``apps.redis_prefix``) and ``BENCH_LIMIT`` (the guarded view's limit).
+of the run, see ``apps.redis_prefix``), ``BENCH_LIMIT`` (the guarded view's limit),
+``BENCH_STORAGE_MODE`` (``APIGUARD_STORAGE_MODE``: ``exact``, the default, or ``leased``; the
+key is set only for a mode other than ``exact``, so an older checkout without it runs too) and
+``BENCH_ON_STORAGE_ERROR`` (``APIGUARD_RATELIMIT_ON_STORAGE_ERROR``, unset by default).
 ``floor`` is the guarded app on memory storage plus one bare ``PING`` to ``BENCH_PING_URL``
 per request on a plain socket (no client library, no script): what any design with one Redis
 round trip per request could at best reach on this machine.
@@ -21,10 +24,15 @@ _storage = os.environ.get("BENCH_STORAGE_URI", "memory://")
 _limit = os.environ.get("BENCH_LIMIT", apps.LIMIT)
 _prefix = os.environ.get("BENCH_STORAGE_PREFIX")
 _options = {"key_prefix": _prefix} if _prefix else {}
+_config: dict[str, Any] = {}
+if os.environ.get("BENCH_STORAGE_MODE", "exact") != "exact":
+    _config["APIGUARD_STORAGE_MODE"] = os.environ["BENCH_STORAGE_MODE"]
+if os.environ.get("BENCH_ON_STORAGE_ERROR"):
+    _config["APIGUARD_RATELIMIT_ON_STORAGE_ERROR"] = os.environ["BENCH_ON_STORAGE_ERROR"]
 
 bare = apps.bare_flask()
 guarded = apps.apiguard_app(storage_uri=_storage, limit=_limit, APIGUARD_TRUSTED_PROXIES=1,
-                            APIGUARD_STORAGE_OPTIONS=_options)
+                            APIGUARD_STORAGE_OPTIONS=_options, **_config)
 
 
 def _floor() -> Any:
