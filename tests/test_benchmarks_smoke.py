@@ -179,3 +179,18 @@ def test_delay_proxy_counts_commands_split_anywhere() -> None:
         for start in range(0, len(stream), size):
             parser.feed(stream[start:start + size])
         assert counts == {"evalsha": 1, "client|tracking": 1, "ping": 2}, size
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["exact", "leased"])
+def test_redis_restart_py_quick(mode: str, private_redis: Any, capsys: Any) -> None:
+    # private_redis: skipped without redis-server, failed under CI=true; here it only asks
+    # whether this checkout knows the mode (the script starts and kills servers of its own)
+    from benchmarks import load, redis_restart
+
+    why = load.mode_error(mode, private_redis.url)
+    if why is not None:
+        pytest.skip(f"this checkout has no {mode} storage mode: {why}")
+    assert redis_restart.main(["--quick", "--modes", mode]) == 0
+    out = capsys.readouterr().out
+    assert f"| {mode} |" in out and "FAILED" not in out
