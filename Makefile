@@ -42,7 +42,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/fields.py
 
 ## Re-measure and rewrite the tables docs/performance.rst includes (docs/performance/*.rst).
-## BENCH_REDIS_URL=redis://... adds the Redis tables; load.py needs wrk (apt-get install wrk).
+## BENCH_REDIS_URL=redis://... adds the Redis tables; load.py needs wrk (apt-get install wrk),
+## its command counts and redis_restart.py the redis-server binary (servers of their own).
 perf-docs: $(STAMP)
 	$(BIN)/python benchmarks/run.py --iterations 500 --repeats 15 $${BENCH_REDIS_URL:+--redis $$BENCH_REDIS_URL} --rst docs/performance/requests.rst
 	$(BIN)/python benchmarks/layers.py --rst docs/performance/layers.rst
@@ -50,7 +51,8 @@ perf-docs: $(STAMP)
 	$(BIN)/python benchmarks/fields.py --rst docs/performance/fields.rst
 	$(BIN)/python benchmarks/memory_storage.py --rst docs/performance/memory.rst
 	@if [ -n "$$BENCH_REDIS_URL" ]; then $(BIN)/python benchmarks/redis_gate.py --redis $$BENCH_REDIS_URL --rst docs/performance/redis.rst; fi
-	@if [ -n "$$BENCH_REDIS_URL" ] && command -v wrk >/dev/null; then $(BIN)/python benchmarks/load.py --redis $$BENCH_REDIS_URL --duration 8 --rounds 3 --rst docs/performance/load.rst; fi
+	@if [ -n "$$BENCH_REDIS_URL" ] && command -v wrk >/dev/null; then $(BIN)/python benchmarks/load.py --redis $$BENCH_REDIS_URL --duration 8 --rounds 3 --delay-ms 1 --rst docs/performance/load.rst; fi
+	@if [ -n "$$BENCH_REDIS_URL" ] && command -v redis-server >/dev/null; then $(BIN)/python benchmarks/redis_restart.py --rst docs/performance/restart.rst; fi
 
 ## Debian's Chromium and ChromeDriver for the browser test; installed in CI, optional locally.
 browser-deps:
