@@ -189,6 +189,37 @@ def _revocation_persistence(state: GuardState) -> Finding | None:
     )
 
 
+def _leased_finding(state: GuardState) -> Finding:
+    """``APIGUARD_STORAGE_MODE = "leased"``: its trade-off, or why it cannot work here (the
+    lease script needs Redis 7's ``PEXPIRETIME``, the cache ``CLIENT TRACKING``)."""
+    from .ratelimit.leases import LEASE_MAX, SHARE
+
+    where = redacted(state.shared.uri)
+    try:
+        client = cast(Any, state.shared.primary.storage).get_connection()
+        version = str(client.info("server").get("redis_version", ""))
+    except Exception:  # unreachable now: the trade-off is still worth stating
+        version = ""
+    major = version.split(".", 1)[0]
+    if major.isdigit() and int(major) < 7:
+        return Finding(
+            "storage-mode-leased-unsupported", "high", "APIGUARD_STORAGE_MODE",
+            f"'leased' needs Redis 7 or later; the Redis at {where} is {version}, so requests "
+            "that need a lease fail and APIGUARD_RATELIMIT_ON_STORAGE_ERROR applies. Upgrade "
+            "Redis or use APIGUARD_STORAGE_MODE = 'exact'.",
+        )
+    return Finding(
+        "storage-mode-leased", "low", "APIGUARD_STORAGE_MODE",
+        "Leased mode: most requests make no Redis round trip, and no limit is ever exceeded, "
+        "but each process may hold leased units it does not spend (at most "
+        f"{LEASE_MAX} per limit and client, and one {SHARE}th of what is left of the window), "
+        "so a client may get fewer requests than its limit when its traffic moves between "
+        "processes; a token revoked by another process is refused here once Redis's "
+        "invalidation arrives (about a millisecond on one host), at once when revoked here. "
+        "Use 'exact' when every request must see Redis's count of that instant.",
+    )
+
+
 def _cors_findings(origins: tuple[str, ...]) -> list[Finding]:
     found: list[Finding] = []
     for origin in origins:
@@ -248,6 +279,8 @@ def findings(app: Flask, state: GuardState) -> list[Finding]:
         durable = _revocation_persistence(state)
         if durable is not None:
             add(durable)
+    if config.storage_mode == "leased":
+        add(_leased_finding(state))
     found.extend(_cors_findings(config.cors_origins))
     if config.hsts is None:
         add(Finding("hsts-off", "medium", "APIGUARD_HSTS",

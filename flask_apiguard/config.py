@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "STORAGE_URI": "memory://",
     "STORAGE_OPTIONS": {},
     "MEMORY_STORAGE_MAX_KEYS": 100_000,
+    "STORAGE_MODE": "exact",
     "JWT_SECRET": None,
     "JWT_PRIVATE_KEY": None,
     "JWT_PUBLIC_KEY": None,
@@ -114,6 +115,8 @@ class GuardConfig:
     storage_uri: str
     storage_options: Mapping[str, Any]
     memory_storage_max_keys: int
+    #: ``"exact"`` (one round trip per request) or ``"leased"`` (see ``ratelimit.leased``).
+    storage_mode: str
     jwt_secret: bytes | None
     jwt_private_key: bytes | None
     jwt_public_key: bytes | None
@@ -195,6 +198,7 @@ _SIMPLE: dict[str, Callable[[str, Any], Any]] = {
     "STORAGE_URI": read.storage_uri,
     "STORAGE_OPTIONS": lambda k, v: read.mapping(k, v, optional=False),
     "MEMORY_STORAGE_MAX_KEYS": lambda k, v: read.integer(k, v, minimum=1),
+    "STORAGE_MODE": lambda k, v: read.choice(k, v, ("exact", "leased")),
     "JWT_SECRET": read.bytes_key,
     "JWT_PRIVATE_KEY": read.bytes_key,
     "JWT_PUBLIC_KEY": read.bytes_key,
@@ -256,6 +260,25 @@ _SIMPLE: dict[str, Callable[[str, Any], Any]] = {
 }
 
 
+def _check_leased(uri: str, strategy: str) -> None:
+    """``APIGUARD_STORAGE_MODE = "leased"`` needs one Redis server (leases and invalidations
+    come from the server that counts) and a strategy whose window a lease can be bound to."""
+    scheme = uri.split("://", 1)[0].lower()
+    if scheme not in ("redis", "rediss", "redis+unix"):
+        raise read.fail(
+            "STORAGE_MODE",
+            f"'leased' needs APIGUARD_STORAGE_URI on one Redis server (redis://, rediss:// or "
+            f"redis+unix://), not {scheme}://. Use 'exact' with memory://, Cluster or Sentinel.",
+        )
+    if strategy == "moving-window":
+        raise read.fail(
+            "STORAGE_MODE",
+            "'leased' cannot be used with APIGUARD_RATELIMIT_STRATEGY = 'moving-window': a unit "
+            "leased now and spent later would leave the moving window before the request it "
+            "admitted. Use 'sliding-window-counter' (the default) or 'fixed-window', or 'exact'.",
+        )
+
+
 def load_config(config: Mapping[str, Any], instance_path: str = ".",
                 inherited: Mapping[str, Any] | None = None) -> GuardConfig:
     """Parse and validate every ``APIGUARD_*`` key of ``config`` (an app's ``config``).
@@ -294,6 +317,8 @@ def load_config(config: Mapping[str, Any], instance_path: str = ".",
     parsed["RATELIMIT_STRATEGY"] = read.choice(
         "RATELIMIT_STRATEGY", raw["RATELIMIT_STRATEGY"], tuple(STRATEGIES)
     )
+    if parsed["STORAGE_MODE"] == "leased":
+        _check_leased(parsed["STORAGE_URI"], parsed["RATELIMIT_STRATEGY"])
     prefix = read.string("API_KEY_PREFIX", raw["API_KEY_PREFIX"])
     assert prefix is not None
     if not re.fullmatch(r"[a-z0-9]{2,16}", prefix):

@@ -66,6 +66,7 @@ class GuardState:
             config.ratelimit_strategy,
             config.ratelimit_on_storage_error,
             config.memory_storage_max_keys,
+            config.storage_mode,
         )
         #: Every route's probes by its limits and bucket names (one bound for the app).
         self.probe_cache = ProbeCache()

@@ -416,3 +416,33 @@ def test_a_url_converter_of_the_apps_own_is_reported(tmp_path: Any) -> None:
     plain.config.update(base_config())
     ApiGuard(plain)
     assert "url-converter-before-guard" not in {f.id for f in findings(plain, guard_state(plain))}
+
+
+# -- APIGUARD_STORAGE_MODE = "leased" ------------------------------------------------------------
+
+def test_leased_mode_states_its_trade_off(make_app: Any, private_redis: PrivateRedis) -> None:
+    app = hardened(make_app, APIGUARD_STORAGE_URI=private_redis.url, APIGUARD_STORAGE_MODE="leased")
+    [finding] = audit(app)
+    assert (finding.id, finding.severity, finding.key) == \
+        ("storage-mode-leased", "low", "APIGUARD_STORAGE_MODE")
+    assert "no limit is ever exceeded" in finding.message and "fewer" in finding.message
+    assert "revoked by another process" in finding.message
+
+
+def test_leased_mode_on_a_redis_older_than_7_is_reported(make_app: Any,
+                                                         private_redis: PrivateRedis,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # no Redis 6 runs here: its INFO answer is the one thing replaced
+    import redis
+
+    info = redis.Redis.info
+
+    def older(self: Any, section: Any = None, *args: Any, **kwargs: Any) -> Any:
+        found = info(self, section, *args, **kwargs)
+        return {**found, "redis_version": "6.2.14"} if section == "server" else found
+
+    monkeypatch.setattr(redis.Redis, "info", older)
+    app = hardened(make_app, APIGUARD_STORAGE_URI=private_redis.url, APIGUARD_STORAGE_MODE="leased")
+    [finding] = audit(app)
+    assert (finding.id, finding.severity) == ("storage-mode-leased-unsupported", "high")
+    assert "6.2.14" in finding.message and "Redis 7" in finding.message

@@ -15,6 +15,10 @@ Modules, from what a request uses to where it is counted:
   storage calls, on any storage;
 - :mod:`~flask_apiguard.ratelimit.gate`: the same question in one Redis round trip (a Lua
   script composed from limits' own), run by :mod:`~flask_apiguard.ratelimit.script`;
+- :mod:`~flask_apiguard.ratelimit.leased`, :mod:`~flask_apiguard.ratelimit.leases` and
+  :mod:`~flask_apiguard.ratelimit.tracking`: ``APIGUARD_STORAGE_MODE = "leased"``, the same
+  question answered from leased units and keys known absent, kept true by Redis's
+  invalidations (one round trip only when something is not known here);
 - :mod:`~flask_apiguard.ratelimit.redis_client`: Redis client options and key names;
 - :mod:`~flask_apiguard.ratelimit.shared`: :class:`SharedState`, which picks the backend for
   the configured storage and applies the fault policy;
@@ -32,6 +36,11 @@ dependency is bounded above in ``setup.cfg``):
   window's two Redis keys, for the gate to pass as ``KEYS``);
 - ``limits.util.get_package_data`` and the Lua files under ``resources/redis/lua_scripts``
   (the gate runs limits' own scripts).
+
+Private names of redis-py used by :mod:`~flask_apiguard.ratelimit.tracking` (pinned by
+``tests/test_leased.py::test_the_private_names_of_redis_py_we_rely_on_exist``): a
+connection's ``_parser.set_invalidation_push_handler`` (the handler of RESP3 invalidation
+pushes; redis-py's own client-side cache sets it the same way).
 
 Private names of :mod:`flask_limiter` used by :mod:`~flask_apiguard.ratelimit.adopt`, because
 no public way exists (each pinned by

@@ -316,7 +316,7 @@ class RedisScriptBackend(Backend):
             self._key_cache[probe.key] = found
         return found
 
-    def _state(self, probe: LimitProbe, raw: Sequence[bytes], now: float) -> WindowState:
+    def _state(self, probe: LimitProbe, raw: Sequence[bytes | str], now: float) -> WindowState:
         amount, expiry = probe.item.amount, probe.expiry
         if self.strategy == "sliding-window-counter":
             previous, previous_ttl, current, current_ttl = (float(v) for v in raw)

@@ -64,8 +64,11 @@ class SharedState:
     """The per-app shared state with its fault policy. See the module docstring."""
 
     def __init__(self, uri: str, options: dict[str, Any], strategy: str, on_error: str,
-                 memory_max_keys: int = LocalStorage.DEFAULT_MAX_KEYS) -> None:
+                 memory_max_keys: int = LocalStorage.DEFAULT_MAX_KEYS, mode: str = "exact") -> None:
         self.uri = uri
+        #: ``APIGUARD_STORAGE_MODE``: ``"leased"`` serves most requests from this process
+        #: (:mod:`flask_apiguard.ratelimit.leased`).
+        self.mode = mode
         self.on_error = on_error
         self.strategy = strategy
         scheme = _scheme(uri)
@@ -118,6 +121,10 @@ class SharedState:
         revoked_prefix, inflight_prefix = self.key_prefixes
         revocations = RedisRevocations(client, revoked_prefix)
         inflight = RedisInflight(client, inflight_prefix)
+        if self.mode == "leased" and supports_scripts(storage):
+            from .leased import LeasedBackend
+
+            return LeasedBackend(storage, self.strategy, revocations, inflight, self.memory_max_keys)
         if supports_scripts(storage):
             return RedisScriptBackend(storage, self.strategy, revocations, inflight)
         return Backend(storage, self.strategy, revocations, inflight)
@@ -226,11 +233,15 @@ class SharedState:
         if key_prefix:
             revoked, inflight = guard_key_prefixes(self.storage_options)
             patterns += [revoked + "*", inflight + "*"]
-        client = cast(Any, self.primary.storage).get_connection()
+        primary = self.primary
+        client = cast(Any, primary.storage).get_connection()
         for pattern in patterns:
             found = list(client.scan_iter(match=pattern, count=1000))
             for start in range(0, len(found), 500):
                 client.unlink(*found[start:start + 500])
+        forget = getattr(primary, "forget", None)
+        if forget is not None:  # leased: the units held here were counted in deleted keys
+            forget()
 
     def revoke(self, jti: str, ttl: int) -> None:
         try:
