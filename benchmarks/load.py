@@ -415,16 +415,18 @@ def main(argv: list[str] | None = None) -> int:
         r = results[row.name]
         loop = results.get(row.loopback) if row.loopback else None
         count = counts.get(row.name)
+        spread = sorted(found.rps for found in runs[row.name])
         table.append((
-            row.name, round(r.rps), r.p50_ms, r.p99_ms, f"{100 * r.rps / bare.rps:.0f}%",
+            row.name, round(r.rps), f"{spread[0]:.0f}-{spread[-1]:.0f}", r.p50_ms, r.p99_ms,
+            f"{100 * r.rps / bare.rps:.0f}%",
             f"{r.p99_ms / memory.p99_ms:.2f}x",
             f"{100 * (r.rps / loop.rps - 1):+.1f}%" if loop else None,
             r.non_2xx,
             round(count.per_1000(count.wire), 1) if count else None,
             round(count.per_1000(count.server), 1) if count else None,
         ))
-    columns = ["app", "requests/s", "p50 ms", "p99 ms", "of bare", "p99 / memory", "vs loopback",
-               "non-2xx", "round trips per 1,000", "commands per 1,000"]
+    columns = ["app", "requests/s", "runs' range", "p50 ms", "p99 ms", "of bare", "p99 / memory",
+               "vs loopback", "non-2xx", "round trips per 1,000", "commands per 1,000"]
 
     wrong = False
     seconds = min(args.duration, 5) if args.budget_seconds is None else args.budget_seconds
