@@ -238,6 +238,25 @@ def drive(port: int, duration: float, connections: int, *, statuses: bool = Fals
     return Result(name, rps, p50, p99, total, non_2xx, found)
 
 
+def wait_for_workers(port: int, timeout: float = 30) -> None:
+    """Until a worker answers (a GET off the guarded view, 404: no limit spent), then a second
+    more for the other: gunicorn's socket accepts before its workers have booted."""
+    import http.client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            connection.request("GET", "/bench-ready", headers={"X-Forwarded-Proto": "https"})
+            connection.getresponse().read()
+            break
+        except OSError:
+            time.sleep(0.1)
+        finally:
+            connection.close()
+    time.sleep(1.0)
+
+
 def _address(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     return parts.hostname or "127.0.0.1", parts.port or 6379
@@ -259,14 +278,14 @@ def run_row(row: Row, redis_url: str | None, duration: float, connections: int) 
     Redis): its result and the tracebacks its server logged."""
     if row.uses is None or redis_url is None:
         with serve(row.target, row.env) as server:
-            time.sleep(1.0)
+            wait_for_workers(server.port)
             result = drive(server.port, duration, connections, name=row.name)
         return result, server.tracebacks()
     prefix = apps.redis_prefix()
     try:
         with _through(row, redis_url) as (url, _), \
                 serve(row.target, {**row.env, **row.redis_env(url, prefix)}) as server:
-            time.sleep(1.0)
+            wait_for_workers(server.port)
             result = drive(server.port, duration, connections, name=row.name)
     finally:
         apps.delete_keys(redis_url, prefix)
@@ -279,6 +298,7 @@ def count_row(row: Row, seconds: float, connections: int) -> tuple[Count, int]:
     with private_redis.PrivateRedis() as redis, _through(row, redis.url, count=True) as (url, proxy):
         assert proxy is not None
         with serve(row.target, {**row.env, **row.redis_env(url)}) as server:
+            wait_for_workers(server.port)
             drive(server.port, 1, connections)  # warm-up: connections made, scripts loaded, leases
             time.sleep(0.2)  # the last answers' commands
             wire, calls = proxy.commands(), redis.command_calls()
@@ -309,7 +329,7 @@ def budget_run(mode: str, redis_url: str, limit: int, seconds: float, connection
            "BENCH_LIMIT": f"{limit} per hour"}
     try:
         with serve("guarded", env) as server:
-            time.sleep(1.0)
+            wait_for_workers(server.port)
             result = drive(server.port, seconds, connections, statuses=True)
     finally:
         apps.delete_keys(redis_url, prefix)

@@ -149,7 +149,7 @@ def run_mode(mode: str, scenario: str, limit: int, before: float, outage: float,
         env = {"BENCH_STORAGE_URI": redis.url, "BENCH_STORAGE_MODE": mode,
                "BENCH_LIMIT": f"{limit} per hour", "BENCH_ON_STORAGE_ERROR": "closed"}
         with load.serve("guarded", env) as server:
-            _wait_for_workers(server.port)
+            load.wait_for_workers(server.port)
             client = Client(server.port, threads)
             client.start()
             try:
@@ -186,24 +186,6 @@ def run_mode(mode: str, scenario: str, limit: int, before: float, outage: float,
         recovered_s=min(recovered) - answering if recovered else None,
         tracebacks=server.tracebacks(), limit=limit,
     )
-
-
-def _wait_for_workers(port: int, timeout: float = 30) -> None:
-    """Until a worker answers (a 404 off the guarded view: no limit spent), then a second
-    more for the other: gunicorn's socket accepts before its workers have booted, and a
-    request queued meanwhile would be answered by the second server."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        try:
-            connection.request("GET", "/bench-ready", headers=HEADERS)
-            connection.getresponse().read()
-            break
-        except OSError:
-            time.sleep(0.1)
-        finally:
-            connection.close()
-    time.sleep(1.0)
 
 
 def main(argv: list[str] | None = None) -> int:
