@@ -13,7 +13,8 @@ write waits for the socket to drain, and a side's end of stream (or a reset) is 
 the other side after the data before it. ``select(2)`` is used for its microsecond timeouts
 (``epoll`` and ``poll`` round up to whole milliseconds, which would add up to 1 ms per chunk).
 The proxy runs on the same machine as what it measures and spends some CPU per chunk, which a
-real network would not.
+real network would not: on the project's 2-core VM a ``PING`` from one client takes about
+0.15 ms through the proxy at ``--delay-ms 0`` and 1.3 ms at 1 (0.1 ms direct).
 
 As a module (``load.py`` starts one per run)::
 
