@@ -14,7 +14,7 @@ the other side after the data before it. ``select(2)`` is used for its microseco
 (``epoll`` and ``poll`` round up to whole milliseconds, which would add up to 1 ms per chunk).
 The proxy runs on the same machine as what it measures and spends some CPU per chunk, which a
 real network would not: on the project's 2-core VM a ``PING`` from one client takes about
-0.15 ms through the proxy at ``--delay-ms 0`` and 1.3 ms at 1 (0.1 ms direct).
+0.16 ms through the proxy at ``--delay-ms 0`` and 1.3 ms at 1 (0.12 ms direct).
 
 As a module (``load.py`` starts one per run)::
 
