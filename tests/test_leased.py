@@ -120,7 +120,7 @@ def make_leased(redis_url: str, storage_options: dict[str, Any],
     for app in made:
         primary = guard_state(app).shared._primary
         if isinstance(primary, LeasedBackend):
-            primary.absent.close()
+            primary.close()
 
 
 def counter_value(client: Any, prefix: str, part: str) -> int:
@@ -175,6 +175,27 @@ def test_a_hot_key_is_served_mostly_without_a_round_trip(make_leased: Any, redis
     # every admitted request was counted before it was admitted; what is held here, at most
     # one lease, is counted too
     assert 600 <= counted <= 600 + LEASE_MAX
+
+
+@pytest.mark.parametrize("strategy", ["sliding-window-counter", "fixed-window"])
+def test_leased_units_are_counted_as_limits_counts_hits(make_leased: Any, redis_url: str,
+                                                       redis_prefix: str, strategy: str) -> None:
+    from limits import parse
+    from limits.storage import storage_from_string
+    from limits.strategies import STRATEGIES
+
+    app = make_leased(APIGUARD_RATELIMIT_STRATEGY=strategy)
+    found = ready(app)
+    client = app.test_client()
+    for _ in range(30):
+        assert client.get("/exact?bucket=c").status_code == 200
+    held = sum(lease.units for key, lease in found.leases._leases.items() if "fn:c" in key)
+    assert held > 0
+    # limits' own strategy, on limits' own storage, reads the leased units as hits
+    storage = storage_from_string(redis_url, key_prefix=redis_prefix)
+    stats = STRATEGIES[strategy](storage).get_window_stats(
+        parse(f"{LIMIT} per minute"), "apiguard", "view:exact", "fn:c")
+    assert stats.remaining == LIMIT - 30 - held
 
 
 def test_the_window_headers_count_down_from_the_lease(make_leased: Any) -> None:
@@ -457,3 +478,23 @@ def test_four_processes_never_admit_more_than_the_limit(redis_url: str,
         assert set(rounds[n]) <= {200, 429}, rounds[n]
         assert sum(rounds[n].values()) == WORKERS * REQUESTS
     assert max(admitted) <= LIMIT
+
+
+def test_a_redis_that_refuses_client_tracking_leaves_one_round_trip_per_request(
+        private_redis: Any, make_leased: Any, caplog: pytest.LogCaptureFixture) -> None:
+    admin = redis.Redis(port=private_redis.port)
+    admin.acl_setuser("limited", enabled=True, nopass=True, keys=["*"],
+                      commands=["+@all", "-client"])
+    admin.close()
+    url = f"redis://limited@127.0.0.1:{private_redis.port}/0"
+    app = make_leased(url)
+    found = backend(app)
+    client = app.test_client()
+    statuses = Counter(client.get("/exact?bucket=acl").status_code for _ in range(5))
+    wait_until(lambda: "could not be opened" in caplog.text, "nothing was logged")
+    statuses.update(client.get("/exact?bucket=acl").status_code for _ in range(5))
+    assert statuses == {200: 10}
+    assert not found.absent.usable
+    assert found.round_trips == 10  # every request went the exact way
+    assert caplog.text.count("could not be opened") == 1
+    assert "NoPermissionError" in caplog.text

@@ -39,19 +39,27 @@ from .tracking import AbsentKeys
 from .window import WindowState
 
 _LEASE_SLIDING = r"""
+-- limits' sliding_window reads the window (shifting it when its current counter has aged
+-- past one window); the grant is then added as limits' acquire_sliding_window adds a hit:
+-- to the current counter, or in a new one that lives two windows.
 local function lease(k, amount, expiry, cost, want, now)
   local w = window(k, amount, expiry, now)
-  local weighted = math.floor(w[1] * math.max(0, w[2]) / (expiry * 1000)) + w[3]
+  local expiry_ms = expiry * 1000
+  local weighted = math.floor(w[1] * math.max(0, w[2]) / expiry_ms) + w[3]
   local available = amount - weighted
   if available < cost then
     return nil
   end
   local grant = math.min(want, math.max(cost, math.floor(available / SHARE)), available)
-  if not hit(k, amount, expiry, grant, now) then
-    return nil
+  local current_ttl = w[4]
+  if current_ttl == -2 then
+    current_ttl = expiry_ms * 2
+    redis.call('set', KEYS[k + 1], grant, 'PX', current_ttl)
+  else
+    redis.call('incrby', KEYS[k + 1], grant)
   end
-  local after = window(k, amount, expiry, now)
-  return grant, after, after[4] - expiry * 1000, redis.call('pexpiretime', KEYS[k + 1])
+  return grant, {w[1], w[2], w[3] + grant, current_ttl}, current_ttl - expiry_ms,
+         redis.call('pexpiretime', KEYS[k + 1])
 end
 """
 
@@ -192,7 +200,8 @@ def compose_lease(strategy: str) -> str:
     """The Lua source of the lease script for ``strategy`` (not moving-window: see
     :func:`flask_apiguard.config`)."""
     if strategy == "sliding-window-counter":
-        parts = [_wrap("acquire_sliding_window"), _wrap("sliding_window"), _SLIDING, _LEASE_SLIDING]
+        parts = [_wrap("acquire_sliding_window"), _wrap("sliding_window"), _SLIDING,
+                 _LEASE_SLIDING]
     else:
         parts = [_wrap("incr_expire"), _FIXED, _LEASE_FIXED]
     return "\n".join([f"local SHARE = {SHARE}\n", *parts, _LEASE_MAIN])

@@ -102,10 +102,10 @@ class AbsentKeys:
         """Record ``keys`` as absent, as a round trip begun at ``snapshot`` saw them, unless a
         push about any of them (or a lost connection) came in since."""
         epoch, seq = snapshot
-        stripes = self._stripes
         with self._lock:
             if not self.usable or self.epoch != epoch:
                 return
+            stripes = self._stripes
             if any(stripes[hash(key) & _MASK] > seq for key in keys):
                 return
             found = self._absent
@@ -193,6 +193,7 @@ class AbsentKeys:
 
     def _run(self) -> None:
         was_down = False
+        was_up = False
         while not self._stop.is_set():
             conn = None
             try:
@@ -201,13 +202,15 @@ class AbsentKeys:
                 if was_down:
                     log.warning("flask-apiguard: Redis invalidations are back; cached reads "
                                 "resume.")
+                was_down, was_up = False, True
                 self._listen(conn)
             except Exception as exc:  # any failure: forget everything, retry
                 self._forget(False)
                 if not was_down and not self._stop.is_set():
-                    log.warning("flask-apiguard: the Redis invalidation connection is lost "
-                                "(%s); one round trip per request until it is back.",
-                                type(exc).__name__)
+                    log.warning("flask-apiguard: the Redis invalidation connection %s (%s: %s); "
+                                "one round trip per request until it is back.",
+                                "is lost" if was_up else "could not be opened",
+                                type(exc).__name__, str(exc)[:200])
                 was_down = True
             finally:
                 if conn is not None:
