@@ -36,7 +36,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 log = logging.getLogger("flask_apiguard")
@@ -60,8 +60,13 @@ class AbsentKeys:
     #: Seconds between two attempts to reconnect.
     RETRY_EVERY = 0.5
 
-    def __init__(self, client: Any, prefixes: Iterable[str], max_keys: int = 100_000) -> None:
+    def __init__(self, client: Any, prefixes: Iterable[str], max_keys: int = 100_000,
+                 on_fork: Callable[[], None] | None = None) -> None:
         self.pool = client.connection_pool
+        kwargs = getattr(self.pool, "connection_kwargs", {})
+        #: Key names in pushes are decoded as the client encodes them.
+        self._encoding = (kwargs.get("encoding") or "utf-8", kwargs.get("encoding_errors") or "strict")
+        self._on_fork = on_fork
         self.prefixes = tuple(sorted(set(prefixes)))
         self.max_keys = max_keys
         #: True while the tracking connection is up: only then is :meth:`absent` believed.
@@ -133,13 +138,18 @@ class AbsentKeys:
         with self._lock:
             self._seq += 1
             seq = self._seq
-            if keys is None:
+            if keys is None:  # FLUSHDB, FLUSHALL: the counters leases were taken from are gone
                 self._absent.clear()
                 self._stripes = [seq] * _STRIPES
+                self.epoch += 1
             else:
                 found, stripes = self._absent, self._stripes
+                encoding, errors = self._encoding
                 for raw in keys:
-                    key = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+                    try:
+                        key = raw.decode(encoding, errors) if isinstance(raw, bytes) else str(raw)
+                    except UnicodeDecodeError:  # not a name this client could have written
+                        continue
                     found.pop(key, None)
                     stripes[hash(key) & _MASK] = seq
             self.pushes += 1
@@ -158,6 +168,8 @@ class AbsentKeys:
         self._thread = None
         self._stop = threading.Event()
         self._forget(False)
+        if self._on_fork is not None:
+            self._on_fork()
 
     def _start(self) -> None:
         with self._lock:
