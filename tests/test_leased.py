@@ -667,3 +667,38 @@ def test_a_write_pushed_after_a_flush_is_never_cached_as_absent() -> None:
     absent._lock = Interleaved()  # type: ignore[assignment]
     absent.remember([key], snapshot)
     assert not absent.absent(key)
+
+
+def test_the_invalidation_connection_never_waits_longer_than_its_watchdog(
+        make_leased: Any) -> None:
+    # its reads took APIGUARD_STORAGE_OPTIONS' socket_timeout: with None (or 30 s), a reply
+    # stalled half-way held the thread, and "not revoked" answers, for as long
+    from flask_apiguard.ratelimit.tracking import AbsentKeys
+
+    app = make_leased(options={"socket_timeout": None, "socket_connect_timeout": 30})
+    found = ready(app)
+    connection = found.absent.connection
+    assert connection.socket_timeout == AbsentKeys.PING_TIMEOUT
+    assert connection.socket_connect_timeout == AbsentKeys.PING_TIMEOUT
+
+
+def test_a_forked_child_exits_although_its_parent_held_the_lease_lock(make_leased: Any) -> None:
+    # the child's give-back at exit took the copied lock before asking whose table it was
+    app = make_leased()
+    found = ready(app)
+    client = app.test_client()
+    for _ in range(20):
+        client.get("/hot")
+    with found.leases.lock:
+        pid = os.fork()
+        if pid == 0:
+            import signal
+
+            signal.alarm(10)  # a hang guard
+            try:
+                found.give_back()  # what atexit runs, before the child served anything
+                os._exit(0)
+            finally:
+                os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -252,8 +252,8 @@ class LeasedBackend(RedisScriptBackend):
             and all(self._untouched(probe) for probe in failure)
         table = self.leases
         epoch = absent.epoch
-        now = time.monotonic()
         with table.lock:
+            now = time.monotonic()  # after the lock: a unit is never spent past its deadline
             if known:
                 spent = table.spend(limits, now, epoch)
                 if spent is not None:

@@ -159,8 +159,8 @@ class LeaseTable:
     def drain(self, epoch: int) -> list[Lease]:
         """Take every lease of ``epoch`` that still holds units (to give them back), leaving
         none; nothing in a process that did not make the table (a forked child's copy)."""
+        if self.pid != os.getpid():  # before the lock: a fork may have copied it held
+            return []
         with self.lock:
             leases, self._leases = self._leases, {}
-        if self.pid != os.getpid():
-            return []
         return [lease for lease in leases.values() if lease.units > 0 and lease.epoch == epoch]

@@ -85,6 +85,8 @@ class AbsentKeys:
         self.pushes = 0
         self.last_push = 0.0
         self.client_id: int | None = None
+        #: The tracking connection while it is up.
+        self.connection: Any = None
 
     # -- the request side ---------------------------------------------------------------------
     def ready(self) -> bool:
@@ -188,6 +190,11 @@ class AbsentKeys:
         kwargs = dict(getattr(self.pool, "connection_kwargs", {}))
         kwargs["protocol"] = 3
         kwargs.pop("retry", None)
+        # a read must never outlast the watchdog, whatever APIGUARD_STORAGE_OPTIONS says: a
+        # reply stalled half-way would otherwise hold the thread (and stale answers) for good
+        kwargs["socket_timeout"] = self.PING_TIMEOUT
+        kwargs["socket_connect_timeout"] = min(kwargs.get("socket_connect_timeout") or
+                                               self.PING_TIMEOUT, self.PING_TIMEOUT)
         kwargs["client_name"] = f"apiguard-tracking-{os.getpid()}"
         conn = self.pool.connection_class(**kwargs)
         conn.connect()
@@ -201,6 +208,7 @@ class AbsentKeys:
         conn.send_command("CLIENT", "ID")
         #: The tracking connection's ``CLIENT ID`` (tests kill it to simulate a lost link).
         self.client_id = int(conn.read_response())
+        self.connection = conn
         return conn
 
     def _run(self) -> None:
@@ -225,6 +233,7 @@ class AbsentKeys:
                                 type(exc).__name__, str(exc)[:200])
                 was_down = True
             finally:
+                self.connection = None
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.disconnect()
