@@ -661,3 +661,17 @@ def test_negative_cache_size_is_refused(make_app: Any) -> None:
     with pytest.raises(ApiGuardConfigError, match="APIGUARD_JWT_CACHE_SIZE"):
         make_app(APIGUARD_JWT_CACHE_SIZE=-1)
 
+
+
+# A signed token whose jti (or sub) held a lone surrogate ("\ud800", valid JSON) reached the
+# Redis client, which cannot encode it: 500 instead of 401.
+@pytest.mark.parametrize("claim", ["jti", "sub"])
+def test_a_claim_no_storage_key_can_hold_is_an_invalid_token(make_app: Any, redis_config: Any,
+                                                             claim: str) -> None:
+    app = make_app(**redis_config(APIGUARD_JWT_REVOCATION=True))
+    now = int(time.time())
+    claims = {"sub": "alice", "iat": now, "exp": now + 600, "jti": "j1", claim: "\ud800x"}
+    token = jwt.encode(claims, SECRET, algorithm="HS256")
+    response = app.test_client().get("/private", headers=bearer(token))
+    assert response.status_code == 401
+    assert problem(response)["error"] == "invalid_token"

@@ -23,7 +23,7 @@ from flask_apiguard.ratelimit.leased import LeasedBackend
 from flask_apiguard.ratelimit.leases import LEASE_MAX, SHARE
 from flask_apiguard.state import guard_state
 
-from .conftest import HttpsClient, base_config, bearer, own_keys, problem, token_for
+from .conftest import SECRET, HttpsClient, base_config, bearer, own_keys, problem, token_for
 
 pytestmark = pytest.mark.redis
 
@@ -120,7 +120,7 @@ def make_leased(redis_url: str, storage_options: dict[str, Any],
     for app in made:
         primary = guard_state(app).shared._primary
         if isinstance(primary, LeasedBackend):
-            primary.absent.close()
+            primary.close()
 
 
 def counter_value(client: Any, prefix: str, part: str) -> int:
@@ -177,6 +177,27 @@ def test_a_hot_key_is_served_mostly_without_a_round_trip(make_leased: Any, redis
     assert 600 <= counted <= 600 + LEASE_MAX
 
 
+@pytest.mark.parametrize("strategy", ["sliding-window-counter", "fixed-window"])
+def test_leased_units_are_counted_as_limits_counts_hits(make_leased: Any, redis_url: str,
+                                                       redis_prefix: str, strategy: str) -> None:
+    from limits import parse
+    from limits.storage import storage_from_string
+    from limits.strategies import STRATEGIES
+
+    app = make_leased(APIGUARD_RATELIMIT_STRATEGY=strategy)
+    found = ready(app)
+    client = app.test_client()
+    for _ in range(30):
+        assert client.get("/exact?bucket=c").status_code == 200
+    held = sum(lease.units for key, lease in found.leases._leases.items() if "fn:c" in key[0])
+    assert held > 0
+    # limits' own strategy, on limits' own storage, reads the leased units as hits
+    storage = storage_from_string(redis_url, key_prefix=redis_prefix)
+    stats = STRATEGIES[strategy](storage).get_window_stats(
+        parse(f"{LIMIT} per minute"), "apiguard", "view:exact", "fn:c")
+    assert stats.remaining == LIMIT - 30 - held
+
+
 def test_the_window_headers_count_down_from_the_lease(make_leased: Any) -> None:
     app = make_leased()
     ready(app)
@@ -203,7 +224,7 @@ def test_the_last_units_of_a_window_are_leased_one_by_one(make_leased: Any) -> N
     client = app.test_client()
     for _ in range(LIMIT - 2 * SHARE):
         client.get("/exact?bucket=last")
-    key = next(k for k in found.leases._leases if "fn:last" in k)
+    key = next(k for k in found.leases._leases if "fn:last" in k[0])
     lease = found.leases._leases[key]
     # what was left when the lease was taken: granted at most one SHARE-th of it
     assert lease.granted <= max(1, (LIMIT - (LIMIT - 2 * SHARE - lease.granted)) // SHARE)
@@ -231,7 +252,7 @@ def test_a_refused_request_gives_back_the_units_it_was_promised(make_leased: Any
     statuses = [client.get(f"/two-limits?who={who}").status_code
                 for who in ("a", "a", "a", "a", "b")]
     assert statuses == [200, 200, 429, 429, 200]
-    wide = next(lease for key, lease in found.leases._leases.items() if "fn:wide" in key)
+    wide = next(lease for key, lease in found.leases._leases.items() if "fn:wide" in key[0])
     # three admitted requests, each paid once with "wide" units (leased or held here)
     assert counter_value(redis_run.client, redis_prefix, "fn:wide") - wide.units == 3
 
@@ -275,7 +296,7 @@ def test_a_reset_forgets_the_leases(make_leased: Any) -> None:
     for _ in range(20):
         client.get("/hot")
     guard_state(app).shared.reset()
-    assert found.leases.drain() == []
+    assert not found.leases._leases
     assert client.get("/hot").headers["RateLimit-Remaining"] == str(HOT - 1)
 
 
@@ -457,3 +478,227 @@ def test_four_processes_never_admit_more_than_the_limit(redis_url: str,
         assert set(rounds[n]) <= {200, 429}, rounds[n]
         assert sum(rounds[n].values()) == WORKERS * REQUESTS
     assert max(admitted) <= LIMIT
+
+
+def test_a_redis_that_refuses_client_tracking_leaves_one_round_trip_per_request(
+        private_redis: Any, make_leased: Any, caplog: pytest.LogCaptureFixture) -> None:
+    admin = redis.Redis(port=private_redis.port)
+    admin.acl_setuser("limited", enabled=True, nopass=True, keys=["*"],
+                      commands=["+@all", "-client"])
+    admin.close()
+    url = f"redis://limited@127.0.0.1:{private_redis.port}/0"
+    app = make_leased(url)
+    found = backend(app)
+    client = app.test_client()
+    statuses = Counter(client.get("/exact?bucket=acl").status_code for _ in range(5))
+    wait_until(lambda: "could not be opened" in caplog.text, "nothing was logged")
+    statuses.update(client.get("/exact?bucket=acl").status_code for _ in range(5))
+    assert statuses == {200: 10}
+    assert not found.absent.usable
+    assert found.round_trips == 10  # every request went the exact way
+    assert caplog.text.count("could not be opened") == 1
+    assert "NoPermissionError" in caplog.text
+
+
+# -- review round: leased mode attacked ----------------------------------------------------------
+
+def test_a_lease_taken_under_a_large_limit_never_pays_under_a_smaller_one(
+        make_leased: Any) -> None:
+    # a scope= counter is shared by limits of different amounts: /big's leased units paid
+    # for /small's requests (111 of 400 admitted where exact mode admits none)
+    app = make_leased()
+
+    @app.get("/big")
+    @public
+    @rate_limit("10000/minute", scope="s")
+    def big() -> Any:
+        return {"ok": True}
+
+    @app.get("/small")
+    @public
+    @rate_limit("10/minute", scope="s")
+    def small() -> Any:
+        return {"ok": True}
+
+    ready(app)
+    client = app.test_client()
+    assert Counter(client.get("/big").status_code for _ in range(400)) == {200: 400}
+    small_statuses = Counter(client.get("/small").status_code for _ in range(50))
+    assert small_statuses == {429: 50}
+    refused = client.get("/small")
+    assert refused.headers["RateLimit-Limit"] == "10"
+
+
+def test_two_limits_of_one_request_on_one_counter_never_overspend_a_lease(
+        make_leased: Any, redis_run: Any, redis_prefix: str) -> None:
+    app = make_leased()
+
+    @app.get("/twice")
+    @public
+    @rate_limit("1000/minute", scope="t")
+    @rate_limit("1000/minute", scope="t")
+    def twice() -> Any:
+        return {"ok": True}
+
+    found = ready(app)
+    client = app.test_client()
+    for _ in range(100):
+        assert client.get("/twice").status_code == 200
+    held = sum(lease.units for key, lease in found.leases._leases.items() if "scope:t" in key[0])
+    assert held >= 0
+    # each request counted twice, as in exact mode, and nothing spent that was not counted
+    assert counter_value(redis_run.client, redis_prefix, "scope:t") == 200 + held
+
+
+def test_a_flushed_redis_voids_the_leases(private_redis: Any, make_leased: Any) -> None:
+    # FLUSHDB emptied the counters but the units held here stayed spendable: 1031 admitted
+    # against a limit of 1000
+    app = make_leased(private_redis.url)
+    found = ready(app)
+    client = app.test_client()
+    for _ in range(20):
+        assert client.get("/exact?bucket=f").status_code == 200
+    epoch = found.absent.epoch
+    admin = redis.Redis(port=private_redis.port)
+    admin.flushdb()
+    wait_until(lambda: found.absent.epoch != epoch, "the flush was not heard")
+    after = Counter(client.get("/exact?bucket=f").status_code for _ in range(80))
+    counted = sum(int(admin.get(k) or 0) for k in admin.scan_iter(match="*fn:f*"))
+    admin.close()
+    assert after[200] <= counted <= LIMIT
+
+
+def test_a_forked_child_gives_back_none_of_its_parents_leases(make_leased: Any, redis_run: Any,
+                                                              redis_prefix: str) -> None:
+    # each child exiting normally (atexit) gave the parent's units back, and the parent
+    # then spent them too: 250 admitted against 200
+    app = make_leased()
+    found = ready(app)
+    client = app.test_client()
+    for _ in range(20):
+        client.get("/hot")
+    before = counter_value(redis_run.client, redis_prefix, "view:hot")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            found.give_back()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert counter_value(redis_run.client, redis_prefix, "view:hot") == before
+
+
+def test_a_forked_child_serves_although_its_parent_held_the_lease_lock(make_leased: Any) -> None:
+    app = make_leased()
+    found = ready(app)
+    client = app.test_client()
+    client.get("/hot")
+    with found.leases.lock:  # as a sibling thread of a gthread worker may hold it at fork time
+        pid = os.fork()
+        if pid == 0:
+            import signal
+
+            signal.alarm(10)  # a hang guard: the child would block on the copied lock
+            try:
+                ready(app)  # the child's own invalidation connection: leases are used again
+                ok = all(client.get("/hot").status_code == 200 for _ in range(3))
+                os._exit(0 if ok else 1)
+            finally:
+                os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_token_revoked_elsewhere_is_refused_whatever_the_clients_encoding(
+        make_leased: Any) -> None:
+    # the pushes' key names were decoded as UTF-8, a latin-1 client wrote them: a revoked
+    # "café" token stayed "not revoked" in the other process's cache for good
+    first = make_leased(options={"encoding": "latin-1"})
+    second = make_leased(options={"encoding": "latin-1"})
+    found = ready(second)
+    ready(first)
+    now = int(time.time())
+    token = jwt.encode({"sub": "alice", "iat": now, "exp": now + 600, "jti": "café"}, SECRET,
+                       algorithm="HS256")
+    client = second.test_client()
+    warm(client, token)
+    assert found.absent.absent(found._revoked_prefix + "café")
+    with first.app_context():
+        ApiGuard().revoke_token(token)
+    wait_until(lambda: not found.absent.absent(found._revoked_prefix + "café"),
+               "the push did not reach the cache")
+    assert client.get("/me", headers=bearer(token)).status_code == 401
+
+
+def test_a_dropped_app_stops_its_tracking_thread(redis_url: str, storage_options: dict[str, Any],
+                                                tmp_path: Path) -> None:
+    # an app made per tenant or per test left a thread and a Redis connection behind
+    import gc
+
+    app = leased_app(redis_url, storage_options, str(tmp_path))
+    thread = ready(app).absent._thread
+    assert thread is not None and thread.is_alive()
+    del app
+    gc.collect()
+    wait_until(lambda: not thread.is_alive(), "the tracking thread outlived its app")
+
+
+def test_a_write_pushed_after_a_flush_is_never_cached_as_absent() -> None:
+    # remember() read the stripes before taking the lock; a flush push replaced them and a
+    # write push for the key landed on the new list: the revoked key was cached as absent
+    from flask_apiguard.ratelimit.tracking import AbsentKeys
+
+    absent = AbsentKeys(redis.Redis(), ["p:"])
+    absent.usable = True
+    key = "p:revoked"
+    snapshot = absent.snapshot()
+    lock = absent._lock
+
+    class Interleaved:
+        def __enter__(self) -> Any:
+            absent._lock = lock
+            absent._invalidated([b"invalidate", None])
+            absent._invalidated([b"invalidate", [key.encode()]])
+            return lock.__enter__()
+
+        def __exit__(self, *exc: Any) -> Any:
+            return lock.__exit__(*exc)
+
+    absent._lock = Interleaved()  # type: ignore[assignment]
+    absent.remember([key], snapshot)
+    assert not absent.absent(key)
+
+
+def test_the_invalidation_connection_never_waits_longer_than_its_watchdog(
+        make_leased: Any) -> None:
+    # its reads took APIGUARD_STORAGE_OPTIONS' socket_timeout: with None (or 30 s), a reply
+    # stalled half-way held the thread, and "not revoked" answers, for as long
+    from flask_apiguard.ratelimit.tracking import AbsentKeys
+
+    app = make_leased(options={"socket_timeout": None, "socket_connect_timeout": 30})
+    found = ready(app)
+    connection = found.absent.connection
+    assert connection.socket_timeout == AbsentKeys.PING_TIMEOUT
+    assert connection.socket_connect_timeout == AbsentKeys.PING_TIMEOUT
+
+
+def test_a_forked_child_exits_although_its_parent_held_the_lease_lock(make_leased: Any) -> None:
+    # the child's give-back at exit took the copied lock before asking whose table it was
+    app = make_leased()
+    found = ready(app)
+    client = app.test_client()
+    for _ in range(20):
+        client.get("/hot")
+    with found.leases.lock:
+        pid = os.fork()
+        if pid == 0:
+            import signal
+
+            signal.alarm(10)  # a hang guard
+            try:
+                found.give_back()  # what atexit runs, before the child served anything
+                os._exit(0)
+            finally:
+                os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

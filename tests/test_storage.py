@@ -975,3 +975,23 @@ def test_four_processes_never_exceed_the_concurrency_limit(
     assert total[200] >= IN_FLIGHT and total[429] > 0
     assert sum(total.values()) == WORKERS * THREADS * ROUNDS
     assert set(total) <= {200, 429}
+
+
+# A key= callable returning text with a lone surrogate (app code decoding bytes with
+# "surrogateescape", say) reached the Redis client, which cannot encode it: 500. It is now a
+# bucket of its own.
+@pytest.mark.redis
+def test_a_key_no_redis_key_can_hold_still_counts(make_app: Any, redis_config: Any) -> None:
+    app = make_app(init=False, **redis_config())
+
+    @app.get("/by-name")
+    @public
+    @rate_limit("2/minute", key=lambda: request.args["name"].encode().decode("ascii", "surrogateescape"))
+    def by_name() -> Any:
+        return {"ok": True}
+
+    ApiGuard(app)
+    client = app.test_client()
+    statuses = [client.get("/by-name?name=caf%C3%A9").status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    assert client.get("/by-name?name=cafe").status_code == 200  # another bucket

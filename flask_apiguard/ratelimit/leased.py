@@ -39,19 +39,27 @@ from .tracking import AbsentKeys
 from .window import WindowState
 
 _LEASE_SLIDING = r"""
+-- limits' sliding_window reads the window (shifting it when its current counter has aged
+-- past one window); the grant is then added as limits' acquire_sliding_window adds a hit:
+-- to the current counter, or in a new one that lives two windows.
 local function lease(k, amount, expiry, cost, want, now)
   local w = window(k, amount, expiry, now)
-  local weighted = math.floor(w[1] * math.max(0, w[2]) / (expiry * 1000)) + w[3]
+  local expiry_ms = expiry * 1000
+  local weighted = math.floor(w[1] * math.max(0, w[2]) / expiry_ms) + w[3]
   local available = amount - weighted
   if available < cost then
     return nil
   end
   local grant = math.min(want, math.max(cost, math.floor(available / SHARE)), available)
-  if not hit(k, amount, expiry, grant, now) then
-    return nil
+  local current_ttl = w[4]
+  if current_ttl == -2 then
+    current_ttl = expiry_ms * 2
+    redis.call('set', KEYS[k + 1], grant, 'PX', current_ttl)
+  else
+    redis.call('incrby', KEYS[k + 1], grant)
   end
-  local after = window(k, amount, expiry, now)
-  return grant, after, after[4] - expiry * 1000, redis.call('pexpiretime', KEYS[k + 1])
+  return grant, {w[1], w[2], w[3] + grant, current_ttl}, current_ttl - expiry_ms,
+         redis.call('pexpiretime', KEYS[k + 1])
 end
 """
 
@@ -192,7 +200,8 @@ def compose_lease(strategy: str) -> str:
     """The Lua source of the lease script for ``strategy`` (not moving-window: see
     :func:`flask_apiguard.config`)."""
     if strategy == "sliding-window-counter":
-        parts = [_wrap("acquire_sliding_window"), _wrap("sliding_window"), _SLIDING, _LEASE_SLIDING]
+        parts = [_wrap("acquire_sliding_window"), _wrap("sliding_window"), _SLIDING,
+                 _LEASE_SLIDING]
     else:
         parts = [_wrap("incr_expire"), _FIXED, _LEASE_FIXED]
     return "\n".join([f"local SHARE = {SHARE}\n", *parts, _LEASE_MAIN])
@@ -210,11 +219,21 @@ class LeasedBackend(RedisScriptBackend):
         self.give_back_script = ScriptCaller(client, _GIVE_BACK)
         sample = self._keys(LimitProbe(RateLimitItemPerMinute(1), (NAMESPACE, "authfail", "-")))[0]
         failure_prefix = sample[:sample.index("/authfail/") + len("/authfail/")]
-        self.absent = AbsentKeys(client, (failure_prefix, self._revoked_prefix), max_keys)
+        ref = weakref.ref(self)
+        self.absent = AbsentKeys(client, (failure_prefix, self._revoked_prefix), max_keys,
+                                 on_fork=lambda: _after_fork(ref))
+        self.max_keys = max_keys
         self.leases = LeaseTable(max_keys)
         #: Round trips made by :meth:`admit` (leases, and the exact path), for benchmarks.
         self.round_trips = 0
         atexit.register(_give_back_at_exit, weakref.ref(self))
+        # an app dropped (a factory per tenant or per test) stops its tracking thread
+        weakref.finalize(self, AbsentKeys.close, self.absent)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's leases are the parent's (and its table's lock may
+        have been copied held)."""
+        self.leases = LeaseTable(self.max_keys)
 
     def _untouched(self, probe: LimitProbe) -> bool:
         absent = self.absent
@@ -233,25 +252,24 @@ class LeasedBackend(RedisScriptBackend):
             and all(self._untouched(probe) for probe in failure)
         table = self.leases
         epoch = absent.epoch
-        now = time.monotonic()
         with table.lock:
+            now = time.monotonic()  # after the lock: a unit is never spent past its deadline
             if known:
                 spent = table.spend(limits, now, epoch)
                 if spent is not None:
                     if not want_window or not limits:
                         return Verdict()
                     return Verdict(window=_tightest(
-                        [lease.window(probe.key, now) for probe, lease in zip(limits, spent, strict=False)]))
+                        [lease.window(probe.key, now) for probe, lease in zip(limits, spent, strict=True)]))
             held: list[tuple[LimitProbe, Lease]] = []
             missing: list[tuple[LimitProbe, int]] = []
             for probe in limits:
-                lease = table.has(probe, now, epoch)
+                # spent now, promised to this request; given back if it is refused
+                lease = table.take(probe, now, epoch)
                 if lease is None:
                     missing.append((probe, table.wanted(probe, now)))
                 else:
                     held.append((probe, lease))
-            for probe, lease in held:  # promised to this request; refunded if it is refused
-                lease.units -= probe.cost
         try:
             verdict = self._lease(failure, jti_key, missing, held, want_window, now, epoch)
         except BaseException:
@@ -289,9 +307,14 @@ class LeasedBackend(RedisScriptBackend):
         code, index, rest = int(answer[0]), int(answer[1]), answer[2:]
         width = self.width
         if code == 1:
-            state = self._state(failure[index - 1], rest[:width], wall)
+            probe = failure[index - 1]
+            for key in self._keys(probe):  # (a push may still be on its way)
+                self.absent.discard(key)
+            state = self._state(probe, rest[:width], wall)
             return Verdict(throttled=True, retry_after=max(1, state.reset_in))
         if code == 3:
+            assert jti_key is not None
+            self.absent.discard(jti_key)
             return Verdict(revoked=True)
         if code == 4:
             probes = [probe for probe, _ in missing]
@@ -319,7 +342,7 @@ class LeasedBackend(RedisScriptBackend):
                 lease = Lease(granted - probe.cost, sent_at + max(0.0, ends_in) / 1000, epoch,
                               granted, sent_at, state.limit, state.remaining,
                               sent_at + state.reset_in, incarnation, (self._keys(probe)[-1],))
-                table.put(probe.key, lease)
+                table.put(probe, lease)
                 if want_window:
                     windows.append(lease.window(probe.key, sent_at))
             if want_window:
@@ -334,8 +357,8 @@ class LeasedBackend(RedisScriptBackend):
     def give_back(self) -> None:
         """Give the units this process holds back to their counters (at exit; best effort:
         what cannot be given back expires with its window)."""
-        leases = self.leases.drain()
-        if not leases:
+        leases = self.leases.drain(self.absent.epoch)
+        if not leases or not self.absent.usable:
             return
         keys, args = [], []
         for lease in leases:
@@ -346,12 +369,18 @@ class LeasedBackend(RedisScriptBackend):
 
     def forget(self) -> None:
         """Drop what this process holds and knows (after the counters were deleted)."""
-        self.leases.drain()
+        self.leases.drain(self.absent.epoch)
         self.absent.forget()
 
     def close(self) -> None:
         self.give_back()
         self.absent.close()
+
+
+def _after_fork(ref: weakref.ref[LeasedBackend]) -> None:
+    backend = ref()  # (a weak reference: the tracking thread must not keep the app alive)
+    if backend is not None:
+        backend._after_fork()
 
 
 def _give_back_at_exit(ref: weakref.ref[LeasedBackend]) -> None:

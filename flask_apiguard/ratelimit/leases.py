@@ -21,13 +21,15 @@ counted for nothing (under-admission), which is why leases stay small:
   into a later window).
 
 A lease belongs to this process: an epoch from :class:`~flask_apiguard.ratelimit.tracking.
-AbsentKeys` voids every lease when the Redis connection is lost (the server may have
-restarted and forgotten what it counted) and in a forked child.
+AbsentKeys` voids every lease when the invalidation connection is lost (the server may have
+restarted and forgotten what it counted) or Redis pushes a flush; a forked child starts with
+a table of its own and never gives back its parent's units.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,42 +74,66 @@ class Lease:
         return WindowState(self.limit, min(self.limit, self.remaining + self.units), reset_in, key)
 
 
+def lease_key(probe: LimitProbe) -> tuple[str, int]:
+    """Leases are kept by counter *and* amount: a ``scope=`` or ``limit=`` counter is shared by
+    limits of different amounts, and units leased under a large one must never pay for a
+    request under a small one (each amount takes its own lease, counted in the one counter)."""
+    return probe.key, probe.item.amount
+
+
 class LeaseTable:
-    """This process's leases by counter key. Bounded: past ``max_keys`` it starts afresh
-    (what was held is under-admission until those windows end, never over-admission)."""
+    """This process's leases by counter key and amount. Bounded: past ``max_keys`` it starts
+    afresh (what was held is under-admission until those windows end, never over-admission).
+    A table belongs to the process that made it (:attr:`pid`): a forked child makes its own."""
 
     def __init__(self, max_keys: int = 100_000) -> None:
         self.max_keys = max_keys
         self.lock = threading.Lock()
-        self._leases: dict[str, Lease] = {}
+        self.pid = os.getpid()
+        self._leases: dict[tuple[str, int], Lease] = {}
 
     def spend(self, probes: Sequence[LimitProbe], now: float, epoch: int) -> list[Lease] | None:
         """Spend each probe's cost from its lease, all or nothing; ``None`` when one of them
-        has no valid lease with enough units. Call with :attr:`lock` held."""
+        has no valid lease with enough units (a lease paying for two probes of one request
+        must hold both costs). Call with :attr:`lock` held."""
         leases = self._leases
-        found: list[Lease] = []
-        for probe in probes:
-            lease = leases.get(probe.key)
+        if len(probes) == 1:  # the usual case
+            probe = probes[0]
+            lease = leases.get((probe.key, probe.item.amount))
             if lease is None or lease.units < probe.cost or now >= lease.deadline \
                     or lease.epoch != epoch:
+                return None
+            lease.units -= probe.cost
+            return [lease]
+        found: list[Lease] = []
+        needs: dict[int, int] = {}
+        for probe in probes:
+            lease = leases.get((probe.key, probe.item.amount))
+            if lease is None or now >= lease.deadline or lease.epoch != epoch:
+                return None
+            need = needs[id(lease)] = needs.get(id(lease), 0) + probe.cost
+            if lease.units < need:
                 return None
             found.append(lease)
         for probe, lease in zip(probes, found, strict=True):
             lease.units -= probe.cost
         return found
 
-    def has(self, probe: LimitProbe, now: float, epoch: int) -> Lease | None:
-        """The probe's lease if it can pay the probe's cost now. Call with :attr:`lock` held."""
-        lease = self._leases.get(probe.key)
+    def take(self, probe: LimitProbe, now: float, epoch: int) -> Lease | None:
+        """Spend the probe's cost from its lease if that lease can pay it now, and return the
+        lease (the caller gives the units back if the request is refused after all); ``None``
+        otherwise. Call with :attr:`lock` held."""
+        lease = self._leases.get((probe.key, probe.item.amount))
         if lease is None or lease.units < probe.cost or now >= lease.deadline \
                 or lease.epoch != epoch:
             return None
+        lease.units -= probe.cost
         return lease
 
     def wanted(self, probe: LimitProbe, now: float) -> int:
         """How many units to ask for the probe's next lease (at least its cost)."""
         cost = probe.cost
-        old = self._leases.get(probe.key)
+        old = self._leases.get((probe.key, probe.item.amount))
         if old is None:
             return cost
         spent = old.granted - old.units
@@ -115,21 +141,26 @@ class LeaseTable:
         by_rate = math.ceil(spent / elapsed * LEASE_SPAN)
         return max(cost, min(LEASE_MAX, 2 * old.granted, by_rate))
 
-    def put(self, key: str, lease: Lease) -> None:
-        """Keep ``lease`` for ``key``. Units still held from a lease of the same window (two
-        threads renewing at once) are added to it. Call with :attr:`lock` held."""
+    def put(self, probe: LimitProbe, lease: Lease) -> None:
+        """Keep ``lease`` for the probe's counter and amount. Units still held from a lease of
+        the same window (two threads renewing at once) are added to it. Call with
+        :attr:`lock` held."""
         leases = self._leases
+        key = (probe.key, probe.item.amount)
         if len(leases) >= self.max_keys and key not in leases:
             leases.clear()
         old = leases.get(key)
-        if old is not None and old.units and old.epoch == lease.epoch \
+        if old is not None and old.units > 0 and old.epoch == lease.epoch \
                 and old.incarnation == lease.incarnation:
             lease.units += old.units
             lease.deadline = min(lease.deadline, old.deadline)
         leases[key] = lease
 
-    def drain(self) -> list[Lease]:
-        """Take every lease that still holds units (to give them back), leaving none."""
+    def drain(self, epoch: int) -> list[Lease]:
+        """Take every lease of ``epoch`` that still holds units (to give them back), leaving
+        none; nothing in a process that did not make the table (a forked child's copy)."""
+        if self.pid != os.getpid():  # before the lock: a fork may have copied it held
+            return []
         with self.lock:
             leases, self._leases = self._leases, {}
-        return [lease for lease in leases.values() if lease.units > 0]
+        return [lease for lease in leases.values() if lease.units > 0 and lease.epoch == epoch]

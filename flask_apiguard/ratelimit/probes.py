@@ -240,6 +240,11 @@ def key_value(key: str | Callable[[], str], identity: Identity, client: str) -> 
     value = key()
     if not isinstance(value, str) or not value:
         return f"ip:{client}"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (from JSON): no Redis key can hold it
+            return f"fnx:{value.encode('utf-8', 'surrogatepass').hex()}"
     return f"fn:{value}"
 
 

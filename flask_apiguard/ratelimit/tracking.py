@@ -36,7 +36,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 log = logging.getLogger("flask_apiguard")
@@ -60,8 +60,13 @@ class AbsentKeys:
     #: Seconds between two attempts to reconnect.
     RETRY_EVERY = 0.5
 
-    def __init__(self, client: Any, prefixes: Iterable[str], max_keys: int = 100_000) -> None:
+    def __init__(self, client: Any, prefixes: Iterable[str], max_keys: int = 100_000,
+                 on_fork: Callable[[], None] | None = None) -> None:
         self.pool = client.connection_pool
+        kwargs = getattr(self.pool, "connection_kwargs", {})
+        #: Key names in pushes are decoded as the client encodes them.
+        self._encoding = (kwargs.get("encoding") or "utf-8", kwargs.get("encoding_errors") or "strict")
+        self._on_fork = on_fork
         self.prefixes = tuple(sorted(set(prefixes)))
         self.max_keys = max_keys
         #: True while the tracking connection is up: only then is :meth:`absent` believed.
@@ -80,6 +85,8 @@ class AbsentKeys:
         self.pushes = 0
         self.last_push = 0.0
         self.client_id: int | None = None
+        #: The tracking connection while it is up.
+        self.connection: Any = None
 
     # -- the request side ---------------------------------------------------------------------
     def ready(self) -> bool:
@@ -102,10 +109,10 @@ class AbsentKeys:
         """Record ``keys`` as absent, as a round trip begun at ``snapshot`` saw them, unless a
         push about any of them (or a lost connection) came in since."""
         epoch, seq = snapshot
-        stripes = self._stripes
         with self._lock:
             if not self.usable or self.epoch != epoch:
                 return
+            stripes = self._stripes
             if any(stripes[hash(key) & _MASK] > seq for key in keys):
                 return
             found = self._absent
@@ -133,13 +140,18 @@ class AbsentKeys:
         with self._lock:
             self._seq += 1
             seq = self._seq
-            if keys is None:
+            if keys is None:  # FLUSHDB, FLUSHALL: the counters leases were taken from are gone
                 self._absent.clear()
                 self._stripes = [seq] * _STRIPES
+                self.epoch += 1
             else:
                 found, stripes = self._absent, self._stripes
+                encoding, errors = self._encoding
                 for raw in keys:
-                    key = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+                    try:
+                        key = raw.decode(encoding, errors) if isinstance(raw, bytes) else str(raw)
+                    except UnicodeDecodeError:  # not a name this client could have written
+                        continue
                     found.pop(key, None)
                     stripes[hash(key) & _MASK] = seq
             self.pushes += 1
@@ -158,6 +170,8 @@ class AbsentKeys:
         self._thread = None
         self._stop = threading.Event()
         self._forget(False)
+        if self._on_fork is not None:
+            self._on_fork()
 
     def _start(self) -> None:
         with self._lock:
@@ -176,6 +190,11 @@ class AbsentKeys:
         kwargs = dict(getattr(self.pool, "connection_kwargs", {}))
         kwargs["protocol"] = 3
         kwargs.pop("retry", None)
+        # a read must never outlast the watchdog, whatever APIGUARD_STORAGE_OPTIONS says: a
+        # reply stalled half-way would otherwise hold the thread (and stale answers) for good
+        kwargs["socket_timeout"] = self.PING_TIMEOUT
+        kwargs["socket_connect_timeout"] = min(kwargs.get("socket_connect_timeout") or
+                                               self.PING_TIMEOUT, self.PING_TIMEOUT)
         kwargs["client_name"] = f"apiguard-tracking-{os.getpid()}"
         conn = self.pool.connection_class(**kwargs)
         conn.connect()
@@ -189,10 +208,12 @@ class AbsentKeys:
         conn.send_command("CLIENT", "ID")
         #: The tracking connection's ``CLIENT ID`` (tests kill it to simulate a lost link).
         self.client_id = int(conn.read_response())
+        self.connection = conn
         return conn
 
     def _run(self) -> None:
         was_down = False
+        was_up = False
         while not self._stop.is_set():
             conn = None
             try:
@@ -201,15 +222,18 @@ class AbsentKeys:
                 if was_down:
                     log.warning("flask-apiguard: Redis invalidations are back; cached reads "
                                 "resume.")
+                was_down, was_up = False, True
                 self._listen(conn)
             except Exception as exc:  # any failure: forget everything, retry
                 self._forget(False)
                 if not was_down and not self._stop.is_set():
-                    log.warning("flask-apiguard: the Redis invalidation connection is lost "
-                                "(%s); one round trip per request until it is back.",
-                                type(exc).__name__)
+                    log.warning("flask-apiguard: the Redis invalidation connection %s (%s: %s); "
+                                "one round trip per request until it is back.",
+                                "is lost" if was_up else "could not be opened",
+                                type(exc).__name__, str(exc)[:200])
                 was_down = True
             finally:
+                self.connection = None
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.disconnect()

@@ -239,6 +239,13 @@ class JwtLayer:
                 raise InvalidToken(f"The token's '{name}' claim is out of range.") from None
         subject = claims.get("sub")
         jti = claims.get("jti")
+        for name, value in (("sub", subject), ("jti", jti)):
+            # JSON may carry lone surrogates ("\ud800"), which no storage key can hold
+            if isinstance(value, str) and not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise InvalidToken(f"The token's '{name}' claim is not valid text.") from None
         identity = Identity(
             subject=subject if isinstance(subject, str) else None,
             roles=roles,
