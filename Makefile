@@ -52,6 +52,7 @@ perf-docs: $(STAMP)
 	$(BIN)/python benchmarks/memory_storage.py --rst docs/performance/memory.rst
 	@if [ -n "$$BENCH_REDIS_URL" ]; then $(BIN)/python benchmarks/redis_gate.py --redis $$BENCH_REDIS_URL --rst docs/performance/redis.rst; fi
 	@if [ -n "$$BENCH_REDIS_URL" ]; then $(BIN)/python benchmarks/invalidation.py --redis $$BENCH_REDIS_URL --rst docs/performance/invalidation.rst; fi
+	@if [ -n "$$BENCH_REDIS_URL" ]; then $(BIN)/python benchmarks/exactness.py --redis $$BENCH_REDIS_URL --rst docs/performance/exactness.rst; fi
 	@if [ -n "$$BENCH_REDIS_URL" ] && command -v wrk >/dev/null; then $(BIN)/python benchmarks/load.py --redis $$BENCH_REDIS_URL --duration 8 --rounds 3 --delay-ms 1 --rst docs/performance/load.rst; fi
 	@if [ -n "$$BENCH_REDIS_URL" ] && command -v redis-server >/dev/null; then $(BIN)/python benchmarks/redis_restart.py --rst docs/performance/restart.rst; fi
 

@@ -194,3 +194,20 @@ def test_redis_restart_py_quick(mode: str, private_redis: Any, capsys: Any) -> N
     assert redis_restart.main(["--quick", "--modes", mode, "--scenarios", "held"]) == 0
     out = capsys.readouterr().out
     assert f"| {mode} |" in out and "FAILED" not in out
+
+
+def test_invalidation_py_quick(capsys: Any, redis_url: str) -> None:
+    from benchmarks import invalidation
+
+    assert invalidation.main(["--redis", redis_url, "--tokens", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "| 5 |" in out and "missed" in out
+
+
+def test_exactness_py_quick(capsys: Any, redis_url: str) -> None:
+    from benchmarks import exactness
+
+    assert exactness.main(["--redis", redis_url, "--processes", "2", "--requests", "8",
+                           "--limit", "10", "--runs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| exact | 2 |" in out and "| leased | 2 |" in out
