@@ -97,6 +97,17 @@ def ready(app: Flask) -> LeasedBackend:
     return found
 
 
+def serving(make_leased: Any, hot: int = 0, **config: Any) -> tuple[Flask, LeasedBackend, Any]:
+    """A leased app once its invalidation connection is up, its backend and a test client,
+    after ``hot`` requests to ``/hot`` (so that a lease of ``/hot`` is held)."""
+    app = make_leased(**config)
+    found = ready(app)
+    client = app.test_client()
+    for _ in range(hot):
+        client.get("/hot")
+    return app, found, client
+
+
 def wait_until(condition: Callable[[], bool], what: str) -> float:
     started = time.monotonic()
     while not condition():
@@ -219,9 +230,7 @@ def test_two_instances_never_admit_more_than_the_limit(make_leased: Any, redis_r
 
 
 def test_the_last_units_of_a_window_are_leased_one_by_one(make_leased: Any) -> None:
-    app = make_leased()
-    found = ready(app)
-    client = app.test_client()
+    _app, found, client = serving(make_leased)
     for _ in range(LIMIT - 2 * SHARE):
         client.get("/exact?bucket=last")
     key = next(k for k in found.leases._leases if "fn:last" in k[0])
@@ -259,22 +268,14 @@ def test_a_refused_request_gives_back_the_units_it_was_promised(make_leased: Any
 
 def test_leases_are_given_back_when_the_backend_closes(make_leased: Any, redis_run: Any,
                                                        redis_prefix: str) -> None:
-    app = make_leased()
-    found = ready(app)
-    client = app.test_client()
-    for _ in range(40):
-        client.get("/hot")
+    _app, found, _client = serving(make_leased, hot=40)
     assert counter_value(redis_run.client, redis_prefix, "view:hot") > 40  # a lease held
     found.close()
     assert counter_value(redis_run.client, redis_prefix, "view:hot") == 40
 
 
 def test_a_forked_child_never_spends_its_parents_leases(make_leased: Any) -> None:
-    app = make_leased()
-    found = ready(app)
-    client = app.test_client()
-    for _ in range(20):
-        client.get("/hot")
+    _app, found, _client = serving(make_leased, hot=20)
     probe = next(iter(found.leases._leases))
     assert found.leases._leases[probe].units > 0
     pid = os.fork()
@@ -290,11 +291,7 @@ def test_a_forked_child_never_spends_its_parents_leases(make_leased: Any) -> Non
 
 
 def test_a_reset_forgets_the_leases(make_leased: Any) -> None:
-    app = make_leased()
-    found = ready(app)
-    client = app.test_client()
-    for _ in range(20):
-        client.get("/hot")
+    app, found, client = serving(make_leased, hot=20)
     guard_state(app).shared.reset()
     assert not found.leases._leases
     assert client.get("/hot").headers["RateLimit-Remaining"] == str(HOT - 1)
@@ -361,9 +358,7 @@ def test_auth_failures_counted_elsewhere_reach_a_cached_client(make_leased: Any)
 
 def test_a_lost_invalidation_connection_falls_back_to_one_round_trip(
         make_leased: Any, redis_run: Any) -> None:
-    app = make_leased()
-    found = ready(app)
-    client = app.test_client()
+    app, found, client = serving(make_leased)
     token = token_for(app)
     warm(client, token)
     assert found.absent._absent
@@ -572,11 +567,7 @@ def test_a_forked_child_gives_back_none_of_its_parents_leases(make_leased: Any, 
                                                               redis_prefix: str) -> None:
     # each child exiting normally (atexit) gave the parent's units back, and the parent
     # then spent them too: 250 admitted against 200
-    app = make_leased()
-    found = ready(app)
-    client = app.test_client()
-    for _ in range(20):
-        client.get("/hot")
+    _app, found, _client = serving(make_leased, hot=20)
     before = counter_value(redis_run.client, redis_prefix, "view:hot")
     pid = os.fork()
     if pid == 0:
@@ -589,9 +580,7 @@ def test_a_forked_child_gives_back_none_of_its_parents_leases(make_leased: Any, 
 
 
 def test_a_forked_child_serves_although_its_parent_held_the_lease_lock(make_leased: Any) -> None:
-    app = make_leased()
-    found = ready(app)
-    client = app.test_client()
+    app, found, client = serving(make_leased)
     client.get("/hot")
     with found.leases.lock:  # as a sibling thread of a gthread worker may hold it at fork time
         pid = os.fork()
@@ -684,11 +673,7 @@ def test_the_invalidation_connection_never_waits_longer_than_its_watchdog(
 
 def test_a_forked_child_exits_although_its_parent_held_the_lease_lock(make_leased: Any) -> None:
     # the child's give-back at exit took the copied lock before asking whose table it was
-    app = make_leased()
-    found = ready(app)
-    client = app.test_client()
-    for _ in range(20):
-        client.get("/hot")
+    _app, found, _client = serving(make_leased, hot=20)
     with found.leases.lock:
         pid = os.fork()
         if pid == 0:
