@@ -251,9 +251,9 @@ class LeasedBackend(RedisScriptBackend):
         known = (jti_key is None or absent.absent(jti_key)) \
             and all(self._untouched(probe) for probe in failure)
         table = self.leases
-        epoch = absent.epoch
         with table.lock:
             now = time.monotonic()  # after the lock: a unit is never spent past its deadline
+            epoch = absent.epoch  # (and never after its epoch was voided)
             if known:
                 spent = table.spend(limits, now, epoch)
                 if spent is not None:
