@@ -9,6 +9,12 @@ push. The delay of each is the time between the call to ``revoke`` here and the 
 (both read ``CLOCK_MONOTONIC``, which one machine shares between processes); the table gives
 its median, 99th percentile and maximum, and how many revocations were missed (none may be).
 Keys live under a prefix of the run's own, deleted at the end; nothing is flushed.
+
+A second table gives what the pushes cost a worker: another process writes ``--writes`` keys
+under a tracked prefix (as failed logins write their counters), one per Redis event-loop turn
+("one at a time") or pipelined ("in bursts", which Redis batches into one push per turn),
+while this process only sleeps; the CPU time this process spent meanwhile (its tracking
+thread reading and applying the pushes) is divided by the writes.
 """
 
 from __future__ import annotations
@@ -62,11 +68,50 @@ def _watcher(url: str, prefix: str, jtis: list[str], ready: Any, results: Any) -
     results.put({key[len(backend._revoked_prefix):]: at for key, at in dropped.items()})
 
 
+_WRITER = """
+import sys
+import redis
+url, prefix, count, paced = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+client = redis.Redis.from_url(url)
+sink = client if paced else client.pipeline(transaction=False)
+for n in range(count):
+    sink.set(f"{prefix}k{n % 500}", 1)
+if not paced:
+    sink.execute()
+"""
+
+
+def push_cost(url: str, prefix: str, writes: int, paced: bool) -> tuple[int, float]:
+    """Pushes received and this process's CPU µs per write while another process writes."""
+    import subprocess
+
+    import redis
+
+    from flask_apiguard.ratelimit.tracking import AbsentKeys
+
+    absent = AbsentKeys(redis.Redis.from_url(url), [prefix])
+    deadline = time.monotonic() + 10
+    while not absent.ready():
+        if time.monotonic() > deadline:
+            raise RuntimeError("the invalidation connection did not come up")
+        time.sleep(0.01)
+    time.sleep(0.3)
+    before, pushes = os.times(), absent.pushes
+    subprocess.run([sys.executable, "-c", _WRITER, url, prefix, str(writes), "1" if paced else "0"],
+                   check=True, timeout=120)
+    time.sleep(0.5)  # the last pushes read
+    after = os.times()
+    absent.close()
+    spent = (after.user - before.user) + (after.system - before.system)
+    return absent.pushes - pushes, 1e6 * spent / writes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--redis", default=os.environ.get("BENCH_REDIS_URL",
                                                           "redis://127.0.0.1:6379/8"))
     parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--writes", type=int, default=5000)
     parser.add_argument("--rst", help="also write the table to this reST file (docs/performance/)")
     args = parser.parse_args(argv)
     prefix = apps.redis_prefix()
@@ -99,6 +144,18 @@ def main(argv: list[str] | None = None) -> int:
                 [(len(jtis), statistics.median(delays) if delays else float("nan"), p99,
                   delays[-1] if delays else float("nan"), missed)],
                 rst=args.rst, digits=2)
+    prefix = apps.redis_prefix()
+    rows = []
+    try:
+        for how, paced in (("one at a time", True), ("in bursts (pipelined)", False)):
+            pushes, cost = push_cost(args.redis, prefix + ":", args.writes, paced)
+            rows.append((how, args.writes, pushes, cost))
+    finally:
+        apps.delete_keys(args.redis, prefix)
+    report.emit(f"what the pushes cost a worker: {args.writes} writes under a tracked prefix by "
+                "another process, this process's CPU meanwhile",
+                ["writes", "count", "pushes received", "CPU µs per write"], rows,
+                rst=args.rst.replace(".rst", "-cost.rst") if args.rst else None, digits=1)
     return 1 if missed else 0
 
 

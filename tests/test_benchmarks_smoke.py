@@ -199,9 +199,10 @@ def test_redis_restart_py_quick(mode: str, private_redis: Any, capsys: Any) -> N
 def test_invalidation_py_quick(capsys: Any, redis_url: str) -> None:
     from benchmarks import invalidation
 
-    assert invalidation.main(["--redis", redis_url, "--tokens", "5"]) == 0
+    assert invalidation.main(["--redis", redis_url, "--tokens", "5", "--writes", "50"]) == 0
     out = capsys.readouterr().out
     assert "| 5 |" in out and "missed" in out
+    assert "| one at a time | 50 |" in out and "| in bursts (pipelined) | 50 |" in out
 
 
 def test_exactness_py_quick(capsys: Any, redis_url: str) -> None:

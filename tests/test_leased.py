@@ -540,7 +540,6 @@ def test_two_limits_of_one_request_on_one_counter_never_overspend_a_lease(
     for _ in range(100):
         assert client.get("/twice").status_code == 200
     held = sum(lease.units for key, lease in found.leases._leases.items() if "scope:t" in key[0])
-    assert held >= 0
     # each request counted twice, as in exact mode, and nothing spent that was not counted
     assert counter_value(redis_run.client, redis_prefix, "scope:t") == 200 + held
 

@@ -201,3 +201,7 @@ class Backend:
 
     def revoke(self, jti: str, ttl: int) -> None:
         self.revocations.add(jti, ttl)
+
+    def forget(self) -> None:
+        """Drop what this process holds of the shared state after its counters were deleted
+        (nothing here: see :meth:`flask_apiguard.ratelimit.leased.LeasedBackend.forget`)."""

@@ -4,7 +4,8 @@ fault policy.
 The pipeline asks one question per request, :meth:`SharedState.admit`, which answers
 everything the shared state knows about that request: is the client throttled for failed
 logins, is the token revoked, is a rate limit exceeded. With plain or Sentinel Redis the
-question is one round trip (a Lua script, see :mod:`flask_apiguard.ratelimit.gate`);
+question is one round trip (a Lua script, see :mod:`flask_apiguard.ratelimit.gate`), or
+with ``APIGUARD_STORAGE_MODE = "leased"`` usually none (:mod:`flask_apiguard.ratelimit.leased`);
 otherwise it is a few storage calls (:mod:`flask_apiguard.ratelimit.backend`).
 
 When the storage cannot be reached the configured policy applies
@@ -239,9 +240,7 @@ class SharedState:
             found = list(client.scan_iter(match=pattern, count=1000))
             for start in range(0, len(found), 500):
                 client.unlink(*found[start:start + 500])
-        forget = getattr(primary, "forget", None)
-        if forget is not None:  # leased: the units held here were counted in deleted keys
-            forget()
+        primary.forget()  # leased: the units held here were counted in the deleted keys
 
     def revoke(self, jti: str, ttl: int) -> None:
         try:
