@@ -686,3 +686,25 @@ def test_a_forked_child_exits_although_its_parent_held_the_lease_lock(make_lease
                 os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_stalled_invalidation_connection_is_noticed_by_its_watchdog(
+        private_redis: Any, make_leased: Any) -> None:
+    # a connection that stops answering without closing (CLIENT PAUSE stands in for a dead
+    # network path): no push can arrive, so the cache must stop being believed
+    from flask_apiguard.ratelimit.tracking import AbsentKeys
+
+    app = make_leased(private_redis.url)
+    found = ready(app)
+    admin = redis.Redis(port=private_redis.port)
+    paused_for = AbsentKeys.PING_EVERY + AbsentKeys.PING_TIMEOUT + 2.0
+    admin.client_pause(int(paused_for * 1000), all=True)
+    started = time.monotonic()
+    while found.absent.usable:
+        assert time.monotonic() - started < paused_for, "the stall went unnoticed"
+        time.sleep(0.05)
+    noticed = time.monotonic() - started
+    print(f"a stalled invalidation connection noticed after {noticed:.2f} s")
+    assert noticed <= AbsentKeys.PING_EVERY + AbsentKeys.PING_TIMEOUT + 1.0  # a loaded machine
+    wait_until(lambda: found.absent.usable, "the connection did not come back after the pause")
+    admin.close()
