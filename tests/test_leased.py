@@ -708,3 +708,32 @@ def test_a_stalled_invalidation_connection_is_noticed_by_its_watchdog(
     assert noticed <= AbsentKeys.PING_EVERY + AbsentKeys.PING_TIMEOUT + 1.0  # a loaded machine
     wait_until(lambda: found.absent.usable, "the connection did not come back after the pause")
     admin.close()
+
+
+def test_a_client_under_its_auth_failure_limit_is_read_from_the_cache(make_leased: Any) -> None:
+    # every request from an IP with a failure in the window made a round trip (its counters
+    # existed): behind one NAT, one mistyped password sent everyone to Redis for 15 minutes
+    app, found, client = serving(make_leased)
+    token = token_for(app)
+    assert client.get("/me", headers=bearer("not.a.token")).status_code == 401  # one failure
+    warm(client, token)
+    probe = guard_state(app).failure_limit.probes("127.0.0.1")[0]
+    assert all(found.absent.absent(key) for key in found._keys(probe))  # under the limit
+    trips = found.round_trips
+    warm(client, token)
+    assert found.round_trips - trips <= 2  # (a lease may end meanwhile)
+    for _ in range(2):  # two more: the limit (3 per minute) is reached
+        assert client.get("/me", headers=bearer("not.a.token")).status_code == 401
+    assert client.get("/me", headers=bearer(token)).status_code == 429
+
+
+def test_a_revoked_token_counts_as_an_auth_failure(make_leased: Any) -> None:
+    # the lease script answered "revoked" without counting the failure the exact gate
+    # counts: replaying a revoked token was never throttled
+    app, _found, client = serving(make_leased)
+    token = token_for(app)
+    warm(client, token)
+    with app.app_context():
+        ApiGuard().revoke_token(token)
+    statuses = [client.get("/me", headers=bearer(token)).status_code for _ in range(4)]
+    assert statuses == [401, 401, 401, 429]

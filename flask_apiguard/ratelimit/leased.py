@@ -82,9 +82,9 @@ _LEASE_MAIN = r"""
 -- (amount, expiry), then 4 per limit probe (amount, expiry, cost, units wanted).
 -- KEYS: the probes' keys in order (KPP each), then the revocation key when has_jti.
 -- The answer, space-separated: code, index, then
---   code 0: the auth-failure probes found untouched ("1"/"0" each, or "-"), the token found
---           not revoked ("1", or "-"), then per limit: units granted, ms until its window
---           ends, the counter's expiry time (ms), then the window's figures;
+--   code 0: the token found not revoked ("1", or "-"), then per limit: units granted, ms
+--           until its window ends, the counter's expiry time (ms), then the window's figures
+--           (every auth-failure probe passed: its counters are absent or under the limit);
 --   code 1 (auth failures exhausted): the window of that probe; 3: revoked;
 --   code 4 (a limit refused): every limit's window.
 local ARGS = {}
@@ -107,9 +107,10 @@ local function puts(w)
 end
 local k = 1
 local a = 5
-local flags = {}
+local fail_probes = {}
 for i = 1, nfail do
   local amount, expiry = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  fail_probes[i] = {k, amount, expiry}
   local untouched
   if KPP == 2 then
     untouched = redis.call('exists', KEYS[k], KEYS[k + 1]) == 0
@@ -122,7 +123,6 @@ for i = 1, nfail do
     puts(window(k, amount, expiry, now))
     return table.concat(out, " ")
   end
-  flags[i] = untouched and "1" or "0"
   k = k + KPP
   a = a + 2
 end
@@ -136,6 +136,11 @@ end
 local jti_flag = "-"
 if has_jti then
   if redis.call('exists', KEYS[k]) == 1 then
+    -- a revoked token is a failed authentication, counted as the gate counts it
+    for i = 1, nfail do
+      local p = fail_probes[i]
+      hit(p[1], p[2], p[3], 1, now)
+    end
     return "3 0"
   end
   jti_flag = "1"
@@ -159,7 +164,6 @@ if nlimits > 1 then
 end
 put(0)
 put(0)
-put(nfail > 0 and table.concat(flags) or "-")
 put(jti_flag)
 for i = 1, nlimits do
   local p = limit_probes[i]
@@ -235,7 +239,16 @@ class LeasedBackend(RedisScriptBackend):
         have been copied held)."""
         self.leases = LeaseTable(self.max_keys)
 
-    def _untouched(self, probe: LimitProbe) -> bool:
+    def _forget_failures(self, failure: Sequence[LimitProbe]) -> None:
+        """This process counted a failure (or found the client throttled): it knows at once,
+        the other processes when Redis's push reaches them."""
+        for probe in failure:
+            for key in self._keys(probe):
+                self.absent.discard(key)
+
+    def _passes(self, probe: LimitProbe) -> bool:
+        """Whether the auth-failure probe is known to pass: its counters were seen absent or
+        under the limit, and nothing has written them since."""
         absent = self.absent
         return all(absent.absent(key) for key in self._keys(probe))
 
@@ -246,10 +259,13 @@ class LeasedBackend(RedisScriptBackend):
         if auth_failed or concurrency or not absent.ready() \
                 or not all(probe.hit for probe in limits):
             self.round_trips += 1
-            return super().admit(failure, auth_failed, jti, limits, want_window, concurrency)
+            verdict = super().admit(failure, auth_failed, jti, limits, want_window, concurrency)
+            if auth_failed or verdict.revoked or verdict.throttled:  # a failure was counted
+                self._forget_failures(failure)
+            return verdict
         jti_key = None if jti is None else self._revoked_prefix + jti
         known = (jti_key is None or absent.absent(jti_key)) \
-            and all(self._untouched(probe) for probe in failure)
+            and all(self._passes(probe) for probe in failure)
         table = self.leases
         with table.lock:
             now = time.monotonic()  # after the lock: a unit is never spent past its deadline
@@ -308,12 +324,12 @@ class LeasedBackend(RedisScriptBackend):
         width = self.width
         if code == 1:
             probe = failure[index - 1]
-            for key in self._keys(probe):  # (a push may still be on its way)
-                self.absent.discard(key)
+            self._forget_failures([probe])
             state = self._state(probe, rest[:width], wall)
             return Verdict(throttled=True, retry_after=max(1, state.reset_in))
-        if code == 3:
+        if code == 3:  # (and a failure was counted)
             assert jti_key is not None
+            self._forget_failures(failure)
             self.absent.discard(jti_key)
             return Verdict(revoked=True)
         if code == 4:
@@ -321,12 +337,11 @@ class LeasedBackend(RedisScriptBackend):
             return refusal(probes[index - 1], [
                 (probe, self._state(probe, rest[i * width:(i + 1) * width], wall))
                 for i, probe in enumerate(probes)])
-        flags, jti_flag, rest = rest[0], rest[1], rest[2:]
-        found: list[str] = []
-        if flags != "-":
-            for probe, flag in zip(failure, flags, strict=False):
-                if flag == "1":
-                    found.extend(self._keys(probe))
+        jti_flag, rest = rest[0], rest[1:]
+        # every auth-failure probe passed: its counters are absent or under the limit, and
+        # they can only come closer to it by a write, which Redis pushes (a sliding window's
+        # weighted count only falls as time passes; a fixed window's stays until it expires)
+        found = [key for probe in failure for key in self._keys(probe)]
         if jti_flag == "1" and jti_key is not None:
             found.append(jti_key)
         if found:

@@ -1,10 +1,12 @@
 """Keys known to be absent from Redis, kept true by Redis itself (``CLIENT TRACKING``).
 
-In ``APIGUARD_STORAGE_MODE = "leased"`` a request reads two kinds of state it almost never
-finds: the auth-failure counters of its client IP (a client that never failed has none) and
+In ``APIGUARD_STORAGE_MODE = "leased"`` a request reads two kinds of state that almost never
+stop it: the auth-failure counters of its client IP (a client that never failed has none) and
 the denylist entry of its token's ``jti`` (a token that was never revoked has none). Once a
 round trip has seen such keys absent, :class:`AbsentKeys` remembers it, and the next requests
-read the answer here instead of asking Redis.
+read the answer here instead of asking Redis. Auth-failure counters found *under their limit*
+are remembered with them: they are as good as absent for the next request, since only a
+write (which Redis pushes) can bring them closer to the limit.
 
 What keeps the answer true is a connection of its own, in RESP3, with
 ``CLIENT TRACKING ON BCAST PREFIX <auth-failure counters> PREFIX <denylist>``: Redis pushes
