@@ -737,3 +737,39 @@ def test_a_revoked_token_counts_as_an_auth_failure(make_leased: Any) -> None:
         ApiGuard().revoke_token(token)
     statuses = [client.get("/me", headers=bearer(token)).status_code for _ in range(4)]
     assert statuses == [401, 401, 401, 429]
+
+
+def test_a_busy_worker_never_believes_a_push_it_has_not_applied(make_leased: Any,
+                                                                redis_run: Any) -> None:
+    # a push waited in the socket while the tracking thread waited for the interpreter lock
+    # (a worker busy serving: 50 to 400 ms), and the cached "passes" was believed meanwhile:
+    # an IP that had just reached its auth-failure limit got 200s from the other workers
+    import threading
+
+    app, found, client = serving(make_leased)
+    token = token_for(app)
+    warm(client, token)
+    probe = guard_state(app).failure_limit.probes("127.0.0.1")[0]
+    keys = found._keys(probe)
+    assert all(found.absent.absent(key) for key in keys)
+    stop = threading.Event()
+
+    def busy() -> None:  # another request thread of this worker, never waiting on I/O
+        while not stop.is_set():
+            sum(range(10_000))
+
+    spinner = threading.Thread(target=busy)
+    spinner.start()
+    try:
+        admitted = 0
+        for _ in range(20):
+            # another worker counts failures up to the limit (3 per minute)
+            redis_run.client.set(keys[-1], 3, px=120_000)
+            if client.get("/me", headers=bearer(token)).status_code != 429:
+                admitted += 1
+            redis_run.client.delete(keys[-1])
+            warm(client, token, 3)
+    finally:
+        stop.set()
+        spinner.join()
+    assert admitted == 0

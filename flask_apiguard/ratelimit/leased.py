@@ -264,8 +264,10 @@ class LeasedBackend(RedisScriptBackend):
                 self._forget_failures(failure)
             return verdict
         jti_key = None if jti is None else self._revoked_prefix + jti
+        # (quiet(): a push waiting to be applied makes the cache unknown until it is)
         known = (jti_key is None or absent.absent(jti_key)) \
-            and all(self._passes(probe) for probe in failure)
+            and all(self._passes(probe) for probe in failure) \
+            and ((jti_key is None and not failure) or absent.quiet())
         table = self.leases
         with table.lock:
             now = time.monotonic()  # after the lock: a unit is never spent past its deadline

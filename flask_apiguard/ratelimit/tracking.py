@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -87,6 +88,10 @@ class AbsentKeys:
         self.pushes = 0
         self.last_push = 0.0
         self.client_id: int | None = None
+        #: The tracking socket while it is listened to, and whether its thread is applying
+        #: what it read (see :meth:`quiet`).
+        self._sock: Any = None
+        self._busy = False
         #: The tracking connection while it is up.
         self.connection: Any = None
 
@@ -171,6 +176,7 @@ class AbsentKeys:
         self._lock = threading.Lock()  # a fork may copy it held
         self._thread = None
         self._stop = threading.Event()
+        self._sock, self._busy = None, False  # the parent's socket is the parent's
         self._forget(False)
         if self._on_fork is not None:
             self._on_fork()
@@ -244,21 +250,57 @@ class AbsentKeys:
     def _listen(self, conn: Any) -> None:
         ping_sent: float | None = None
         last_heard = time.monotonic()
-        while not self._stop.is_set():
-            if conn.can_read(timeout=self.PING_EVERY / 4):
-                reply = conn.read_response(push_request=True)
-                last_heard = time.monotonic()
-                if reply is not _PUSH:
-                    ping_sent = None  # the PONG
-                continue
-            now = time.monotonic()
-            if ping_sent is not None:
-                if now - ping_sent > self.PING_TIMEOUT:
-                    raise TimeoutError("the tracking connection did not answer a PING")
-            elif now - last_heard >= self.PING_EVERY:
-                conn.send_command("PING")
-                ping_sent = now
+        sock = conn._sock
+        self._sock = sock
+        try:
+            while not self._stop.is_set():
+                # wait without reading: until this thread reads it, what Redis pushed stays in
+                # the socket, where quiet() sees it
+                readable, _, _ = select.select([sock], [], [], self.PING_EVERY / 4)
+                if readable or _pending(sock):
+                    self._busy = True  # set before a byte is taken off the socket
+                    try:
+                        while True:  # every message buffered, so nothing is left unapplied
+                            reply = conn.read_response(push_request=True)
+                            if reply is not _PUSH:
+                                ping_sent = None  # the PONG
+                            if not conn.can_read(timeout=0):
+                                break
+                    finally:
+                        self._busy = False
+                    last_heard = time.monotonic()
+                    continue
+                now = time.monotonic()
+                if ping_sent is not None:
+                    if now - ping_sent > self.PING_TIMEOUT:
+                        raise TimeoutError("the tracking connection did not answer a PING")
+                elif now - last_heard >= self.PING_EVERY:
+                    conn.send_command("PING")
+                    ping_sent = now
+        finally:
+            self._sock = None
         self._forget(False)
+
+    def quiet(self) -> bool:
+        """Whether every push Redis sent this process has been applied: nothing waits in the
+        tracking connection and its thread is not applying anything. A push sitting there
+        while the thread waits for the interpreter lock (a busy worker: tens of
+        milliseconds) would otherwise leave a stale answer believed; then the request asks
+        Redis instead."""
+        sock = self._sock
+        if self._busy or sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):  # closed meanwhile
+            return False
+        return not readable and not _pending(sock)
+
+
+def _pending(sock: Any) -> bool:
+    """TLS records already decrypted inside the socket object (no longer visible to select)."""
+    pending = getattr(sock, "pending", None)
+    return bool(pending()) if pending is not None else False
 
 
 _PUSH = object()
