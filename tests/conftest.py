@@ -19,6 +19,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from benchmarks.private_redis import PrivateRedis as BenchRedis
 from flask_apiguard import ApiGuard, public
 
 #: flask-apiguard's own pytest plugin (pyproject.toml's addopts explain why not by entry point).
@@ -340,62 +341,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class PrivateRedis:
-    """A ``redis-server`` of the test's own on a free port, to kill and restart at will."""
-
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        self.started_once = False
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        """Start the server (again on the same port after :meth:`stop`). A port found free can
-        be taken by another run before the server binds it: then the server exits, and a
-        first start tries another port, so that this test never talks to someone else's."""
-        for _ in range(5):
-            if self._launch():
-                return
-            if self.started_once:
-                break
-            self.port = free_port()
-        raise RuntimeError(f"the private redis-server did not start on port {self.port}")
-
-    def _launch(self) -> bool:
-        process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        import redis
-
-        probe = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        try:
-            while time.monotonic() < deadline and process.poll() is None:
-                try:
-                    # the server answering must be this one, not another run's on the port
-                    if probe.info("server")["process_id"] == process.pid:
-                        self.process, self.started_once = process, True
-                        return True
-                    break
-                except (redis.RedisError, OSError):
-                    time.sleep(0.05)
-        finally:
-            probe.close()
-        process.kill()
-        process.wait(timeout=10)
-        return False
+class PrivateRedis(BenchRedis):
+    """A ``redis-server`` of the test's own on a free port, to kill and restart at will (the
+    benchmarks' own, :mod:`benchmarks.private_redis`): it never talks to another run's server."""
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
+        self.kill()
 
 
 @pytest.fixture
@@ -405,7 +356,7 @@ def private_redis() -> Iterator[PrivateRedis]:
         if IN_CI:
             pytest.fail("redis-server is not installed; under CI=true the fault tests must run.")
         pytest.skip("redis-server is not installed")
-    server = PrivateRedis(binary)
+    server = PrivateRedis()
     server.start()
     yield server
     server.stop()

@@ -768,7 +768,7 @@ class DurableRedis(PrivateRedis):
     command-line options win over the fixture's ``--appendonly no``)."""
 
     def __init__(self, server: PrivateRedis, folder: Path) -> None:
-        super().__init__(server.binary)
+        super().__init__()
         self.port, self.extra = server.port, ["--appendonly", "yes", "--appendfsync", "everysec",
                                               "--dir", str(folder)]
 

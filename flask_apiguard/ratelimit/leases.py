@@ -98,18 +98,13 @@ class LeaseTable:
         must hold both costs). Call with :attr:`lock` held."""
         leases = self._leases
         if len(probes) == 1:  # the usual case
-            probe = probes[0]
-            lease = leases.get((probe.key, probe.item.amount))
-            if lease is None or lease.units < probe.cost or now >= lease.deadline \
-                    or lease.epoch != epoch:
-                return None
-            lease.units -= probe.cost
-            return [lease]
+            lease = self.take(probes[0], now, epoch)
+            return None if lease is None else [lease]
         found: list[Lease] = []
         needs: dict[int, int] = {}
         for probe in probes:
             lease = leases.get((probe.key, probe.item.amount))
-            if lease is None or now >= lease.deadline or lease.epoch != epoch:
+            if lease is None or not _current(lease, now, epoch):
                 return None
             need = needs[id(lease)] = needs.get(id(lease), 0) + probe.cost
             if lease.units < need:
@@ -124,8 +119,7 @@ class LeaseTable:
         lease (the caller gives the units back if the request is refused after all); ``None``
         otherwise. Call with :attr:`lock` held."""
         lease = self._leases.get((probe.key, probe.item.amount))
-        if lease is None or lease.units < probe.cost or now >= lease.deadline \
-                or lease.epoch != epoch:
+        if lease is None or lease.units < probe.cost or not _current(lease, now, epoch):
             return None
         lease.units -= probe.cost
         return lease
@@ -164,3 +158,8 @@ class LeaseTable:
         with self.lock:
             leases, self._leases = self._leases, {}
         return [lease for lease in leases.values() if lease.units > 0 and lease.epoch == epoch]
+
+
+def _current(lease: Lease, now: float, epoch: int) -> bool:
+    """Whether the lease's window has not ended and its epoch is the current one."""
+    return now < lease.deadline and lease.epoch == epoch
